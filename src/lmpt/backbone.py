@@ -1,0 +1,344 @@
+"""Frozen CLIP backbones: any open_clip architecture, weights from a local file.
+
+``create_clip("RN50", "RN50.pt")`` loads OpenAI's TorchScript archive, detects that the weights are
+OpenAI's and builds the architecture with QuickGELU, so the features are right. State dicts
+(``.pt``/``.bin``), ``.safetensors`` files and open_clip training checkpoints
+(``{"state_dict": {"module.…": …}}``) load the same way. A pretrained *tag* (``openai``) is looked up in
+the local Hugging Face cache only; downloading needs ``allow_download=True`` or
+``LMPT_ALLOW_DOWNLOAD=1``, so an offline machine fails at once with a message instead of retrying.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, UserError
+
+logger = logging.getLogger(__name__)
+
+OPENAI_MARKER_KEYS = ("input_resolution", "context_length", "vocab_size")
+_OPENAI_ALIASES = {"ViT-B/16": "ViT-B-16", "ViT-B/32": "ViT-B-32", "ViT-L/14": "ViT-L-14",
+                   "ViT-L/14@336px": "ViT-L-14-336", "ViT16": "ViT-B-16", "ViT32": "ViT-B-32"}
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass
+class LoadedWeights:
+    """A state dict read from a file, with what was learned about its origin."""
+
+    state_dict: dict[str, torch.Tensor]
+    openai: bool
+    source: str
+    kind: str  # "torchscript", "safetensors", "state_dict", "checkpoint"
+
+
+@dataclass
+class CLIPBackbone:
+    """A frozen CLIP model with everything needed to use and to identify it.
+
+    Attributes:
+        model: the open_clip ``CLIP`` module, frozen and in eval mode.
+        model_name: the open_clip architecture name that was built (e.g. ``RN50-quickgelu``).
+        pretrained: the weights file or tag, or None for random init.
+        fingerprint: a hash of the loaded weights and architecture; changes when either changes.
+        quick_gelu: whether the architecture uses QuickGELU.
+        image_size: input resolution of the image tower.
+        mean, std: the image normalisation the weights were trained with.
+        tokenizer: callable ``list[str] -> LongTensor[N, context_length]``.
+    """
+
+    model: nn.Module
+    model_name: str
+    pretrained: Optional[str]
+    fingerprint: str
+    quick_gelu: bool
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    tokenizer: Callable[..., torch.Tensor] = field(repr=False)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.context_length)
+
+    @property
+    def text_width(self) -> int:
+        return int(self.model.token_embedding.weight.shape[1])
+
+    @property
+    def embed_dim(self) -> int:
+        proj = self.model.text_projection
+        return int(proj.weight.shape[0] if isinstance(proj, nn.Linear) else proj.shape[1])
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable identity, stored with runs, checkpoints and caches."""
+        return {"model": self.model_name, "pretrained": self.pretrained, "fingerprint": self.fingerprint,
+                "quick_gelu": self.quick_gelu, "image_size": self.image_size,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+def normalize_model_name(name: str) -> str:
+    """Accept OpenAI's spellings (``ViT-B/16``) and the reference's (``ViT16``)."""
+    return _OPENAI_ALIASES.get(name, name)
+
+
+def _known_models() -> list[str]:
+    import open_clip
+
+    _register_builtin_configs()
+    return open_clip.list_models()
+
+
+def _register_builtin_configs() -> None:
+    try:
+        from .world import register_world_models
+    except ImportError:  # the generated world is optional for real backbones
+        return
+    register_world_models()
+
+
+def check_model_name(name: str) -> str:
+    """Return the normalised architecture name, or raise ConfigError with close matches."""
+    name = normalize_model_name(name)
+    known = _known_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown backbone '{name}'.{hint} Any open_clip architecture works "
+                          f"(e.g. RN50, ViT-B-16, ViT-L-14); `python -c \"import open_clip; "
+                          f"print(open_clip.list_models())\"` lists them.")
+    return name
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def load_weights_file(path: Union[str, Path]) -> LoadedWeights:
+    """Read a CLIP weights file into a state dict (on the CPU) and detect OpenAI weights.
+
+    OpenAI weights: a TorchScript archive, a state dict holding OpenAI's extra entries
+    (``input_resolution``, ``context_length``, ``vocab_size``), or a bare state dict stored in fp16.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}. Pass the path of a CLIP weights file "
+                        "(e.g. OpenAI's RN50.pt or ViT-B-16.pt), or leave pretrained empty for random init.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw: Any = load_file(str(path), device="cpu")
+            kind = "safetensors"
+        elif _is_torchscript(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
+                raw = torch.jit.load(str(path), map_location="cpu").state_dict()
+            kind = "torchscript"
+        else:
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            kind = "state_dict"
+    except UserError:
+        raise
+    except Exception as exc:  # corrupt or foreign file
+        raise UserError(f"could not read weights file {path}: {type(exc).__name__}: {exc}. "
+                        "Expected OpenAI's TorchScript archive, a state_dict .pt, a .safetensors file "
+                        "or an open_clip checkpoint.") from None
+
+    if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
+        raw, kind = raw["state_dict"], "checkpoint"
+    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise UserError(f"{path} does not hold a CLIP state dict (found {type(raw).__name__}).")
+    sd = dict(raw)
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    openai = kind == "torchscript" or any(k in sd for k in OPENAI_MARKER_KEYS)
+    if not openai and kind == "state_dict" and "text_projection" in sd:
+        floats = [v for v in sd.values() if v.is_floating_point()]
+        openai = bool(floats) and all(v.dtype == torch.float16 for v in floats)
+    for key in OPENAI_MARKER_KEYS:
+        sd.pop(key, None)
+    return LoadedWeights(state_dict=sd, openai=openai, source=str(path), kind=kind)
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return (os.sep in pretrained or "/" in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES)
+            or Path(pretrained).expanduser().exists())
+
+
+def _resolve_tag(model_name: str, tag: str, allow_download: bool) -> Optional[str]:
+    """Return a local file for a pretrained tag, None to let open_clip download, or raise."""
+    import open_clip
+
+    base = model_name.replace("-quickgelu", "")
+    tags = set(open_clip.list_pretrained_tags_by_model(model_name)) | set(
+        open_clip.list_pretrained_tags_by_model(base))
+    if tag not in tags:
+        raise ConfigError(f"'{tag}' is neither a weights file nor a pretrained tag of {model_name} "
+                          f"(tags: {', '.join(sorted(tags)) or 'none'}). Pass the path of a weights file.")
+    cfg = open_clip.get_pretrained_cfg(model_name, tag) or open_clip.get_pretrained_cfg(base, tag)
+    repo = (cfg or {}).get("hf_hub", "").rstrip("/")
+    if repo:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+                hit = try_to_load_from_cache(repo, fname)
+                if isinstance(hit, str) and os.path.isfile(hit):
+                    return hit
+        except Exception:  # pragma: no cover - cache layout differences
+            pass
+    if allow_download or os.environ.get("LMPT_ALLOW_DOWNLOAD") == "1":
+        return None
+    raise UserError(f"pretrained tag '{tag}' for {model_name} is not in the local cache and downloads are off. "
+                    f"Pass the weights file instead (e.g. pretrained=/path/to/{base}.pt, OpenAI's file), "
+                    "or set LMPT_ALLOW_DOWNLOAD=1 on a machine with internet access.")
+
+
+def state_dict_fingerprint(model: nn.Module, model_name: str) -> str:
+    """Hash of architecture name and every tensor of the state dict (names, shapes, bytes)."""
+    h = hashlib.sha256(model_name.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()[:20]
+
+
+def _fix_logit_scale(sd: dict[str, torch.Tensor], model: nn.Module) -> None:
+    for key in ("logit_scale", "logit_bias"):
+        param = getattr(model, key, None)
+        if key in sd and param is not None and sd[key].shape != param.shape:
+            sd[key] = sd[key].reshape(param.shape)
+
+
+def create_clip(
+    model_name: str,
+    pretrained: Optional[str] = None,
+    quick_gelu: Union[str, bool] = "auto",
+    device: Union[str, torch.device] = "cpu",
+    allow_download: bool = False,
+    seed: int = 0,
+) -> CLIPBackbone:
+    """Build a frozen open_clip CLIP and load its weights.
+
+    Args:
+        model_name: open_clip architecture (``RN50``, ``ViT-B-16``, ``ViT-L-14``, …; ``ViT-B/16`` accepted).
+        pretrained: a weights file path, a pretrained tag, or None for random weights (seeded by ``seed``).
+        quick_gelu: ``"auto"`` (QuickGELU exactly when the weights are OpenAI's or the name says so),
+            or True/False to force it.
+        device: where to put the model.
+        allow_download: let a pretrained tag download (off by default; see module docstring).
+    """
+    import open_clip
+
+    name = check_model_name(model_name)
+    weights: Optional[LoadedWeights] = None
+    tag_file: Optional[str] = None
+    is_tag = False
+    if pretrained:
+        pretrained = str(pretrained)
+        if _looks_like_path(pretrained):
+            weights = load_weights_file(pretrained)
+        else:
+            is_tag = True
+            tag_file = _resolve_tag(name, pretrained, allow_download)
+            if tag_file is not None:
+                weights = load_weights_file(tag_file)
+                weights.openai = weights.openai or pretrained == "openai"
+
+    if quick_gelu == "auto":
+        use_qg = name.endswith("-quickgelu") or bool(weights and weights.openai) or (is_tag and pretrained == "openai")
+    else:
+        use_qg = bool(quick_gelu) or name.endswith("-quickgelu")
+        if weights is not None and weights.openai and not use_qg:
+            warnings.warn(f"{weights.source} looks like OpenAI weights, which need QuickGELU; "
+                          "quick_gelu=False will give wrong features.", stacklevel=2)
+    arch = name
+    if use_qg and not name.endswith("-quickgelu") and f"{name}-quickgelu" in open_clip.list_models():
+        arch = f"{name}-quickgelu"
+
+    torch.manual_seed(seed)
+    with _quiet_open_clip():
+        if is_tag and weights is None:
+            model = open_clip.create_model(arch, pretrained=pretrained, force_quick_gelu=use_qg)
+        else:
+            model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=use_qg)
+    if weights is not None:
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in weights.state_dict.items()}
+        _fix_logit_scale(sd, model)
+        persistent = set(model.state_dict())
+        for key in [k for k, _ in model.named_buffers() if k not in persistent]:
+            sd.pop(key, None)  # non-persistent buffers (the causal mask) that TorchScript archives carry
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            missing = sorted(set(model.state_dict()) - set(sd))[:5]
+            unexpected = sorted(set(sd) - set(model.state_dict()))[:5]
+            raise UserError(f"the weights in {weights.source} do not fit architecture '{arch}' "
+                            f"(missing keys {missing}, unexpected keys {unexpected}, or shape mismatch: "
+                            f"{str(exc).splitlines()[-1].strip()[:300]}). Check that model= names the architecture "
+                            "the weights were trained with (e.g. RN50 for RN50.pt, ViT-B-16 for ViT-B-16.pt).") from None
+    if not hasattr(model, "token_embedding") or getattr(model, "text_pool_type", "argmax") != "argmax":
+        raise ConfigError(f"backbone '{arch}' has no CLIP-style causal text transformer with EOT pooling; "
+                          "prompt tuning here needs one (RN*, ViT-* CLIP models work; SigLIP, CoCa and "
+                          "HF-text models do not).")
+    model = model.float().eval().requires_grad_(False).to(device)
+    pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    image_size = model.visual.image_size
+    image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+    mean = tuple(float(x) for x in pcfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+    std = tuple(float(x) for x in pcfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
+    source = weights.source if weights is not None else (pretrained or None)
+    fingerprint = state_dict_fingerprint(model, f"{arch}|quick_gelu={use_qg}")
+    logger.info("backbone %s (quick_gelu=%s) weights=%s fingerprint=%s", arch, use_qg, source or "random", fingerprint)
+    return CLIPBackbone(model=model, model_name=arch, pretrained=source, fingerprint=fingerprint,
+                        quick_gelu=use_qg, image_size=image_size, mean=mean, std=std,  # type: ignore[arg-type]
+                        tokenizer=build_tokenizer(arch, int(model.context_length)))
+
+
+def build_tokenizer(model_name: str, context_length: int) -> Callable[..., torch.Tensor]:
+    """CLIP's BPE tokenizer (shipped inside open_clip, no download) at the model's context length."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer(context_length=context_length)
+
+    def tokenize(texts: Union[str, list[str]]) -> torch.Tensor:
+        return tok(texts, context_length=context_length)
+
+    return tokenize
+
+
+class _quiet_open_clip:
+    """Silence open_clip's 'No pretrained weights loaded' warning for deliberate random init."""
+
+    def __enter__(self) -> None:
+        self._logger = logging.getLogger()
+        self._filter = _DropMessage("No pretrained weights loaded")
+        self._logger.addFilter(self._filter)
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeFilter(self._filter)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
