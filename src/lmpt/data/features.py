@@ -1,0 +1,222 @@
+"""Feature cache: frozen image features are computed once and reused by every run.
+
+The image encoder is frozen and the only augmentation is a horizontal flip, so each training image
+has exactly two feature vectors (plain, mirrored) and each test image one. They are stored under
+``<cache>/features/<key>/`` where ``key`` hashes everything the features depend on: the backbone
+(architecture, quick_gelu, a hash of its weights), the preprocessing, the image list (ids, paths, file
+sizes and modification times) and the flip variants. Change any of them and the key changes.
+
+Extraction proceeds in fixed chunks of images, each written atomically (temporary file + rename) as
+``chunk-XXXXX.safetensors``; the finished cache is one ``features.safetensors`` written atomically
+after every chunk exists. A killed extraction therefore never leaves a file that is read as
+complete, and a restart recomputes only the missing chunks. Under ``torchrun`` chunk ``i`` is
+encoded by rank ``i % world_size``, so the ranks' shards form the one cache (and a cache made by one
+process is reused by several and vice versa).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch.utils.data import DataLoader
+
+from .. import distributed as dist_utils
+from ..backbone import CLIPBackbone
+from ..cache import resolve_cache_dir
+from ..errors import DataError
+from ..io import atomic_path, atomic_write_json, stable_hash
+from .dataset import MultiLabelSplit
+from .images import ImageListDataset, build_transform, transform_signature
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+FINAL_NAME = "features.safetensors"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images become encoder inputs (see :mod:`lmpt.data.images`).
+
+    ``mode="reference"`` squashes to the backbone's resolution with ImageNet statistics, as the LMPT
+    reference does; ``mode="clip"`` uses the backbone's own resize, crop and statistics.
+    """
+
+    mode: str = "reference"
+
+    def resolve(self, backbone: CLIPBackbone) -> dict:
+        if self.mode == "clip":
+            return transform_signature("clip", backbone.image_size, backbone.mean, backbone.std)
+        return transform_signature(self.mode, backbone.image_size)
+
+
+def _file_stamps(paths: Sequence[str]) -> list:
+    stamps = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamps.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            stamps.append(None)
+    return stamps
+
+
+def feature_cache_key(backbone: CLIPBackbone, preprocess: dict, split: MultiLabelSplit, flips: bool) -> str:
+    """Hash of everything the cached features depend on."""
+    return stable_hash({
+        "version": CACHE_VERSION,
+        "backbone": {"model": backbone.model_name, "fingerprint": backbone.fingerprint,
+                     "quick_gelu": backbone.quick_gelu},
+        "preprocess": preprocess,
+        "ids": split.ids,
+        "paths": [os.path.abspath(p) for p in split.paths],
+        "files": _file_stamps(split.paths),
+        "flips": flips,
+    }, length=24)
+
+
+def _load_tensor(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["features"]
+
+
+def _save_tensor(path: Path, features: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({"features": features.contiguous()}, str(tmp))
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type == "cuda" and precision in ("bf16", "fp16", "auto"):
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        return torch.autocast("cuda", dtype=dtype)
+    return nullcontext()
+
+
+def default_num_workers() -> int:
+    return max(0, min(16, (os.cpu_count() or 1) - 1))
+
+
+def extract_features(
+    backbone: CLIPBackbone,
+    split: MultiLabelSplit,
+    preprocess: Union[PreprocessConfig, str] = "reference",
+    flips: bool = False,
+    cache_dir: Optional[Union[str, Path]] = None,
+    device: Union[str, torch.device] = "cpu",
+    batch_size: int = 128,
+    num_workers: Optional[int] = None,
+    chunk_size: int = 1024,
+    precision: str = "auto",
+    progress: bool = True,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Frozen image features of ``split``: ``[N, 2, D]`` with ``flips`` (plain, mirrored), else ``[N, 1, D]``.
+
+    Reads the cache when it is complete, otherwise encodes the missing chunks (in parallel with other
+    ``torchrun`` ranks, if any) and writes it. Features are float32 and not normalised.
+    """
+    if isinstance(preprocess, str):
+        preprocess = PreprocessConfig(mode=preprocess)
+    device = torch.device(device)
+    signature = preprocess.resolve(backbone)
+    key = feature_cache_key(backbone, signature, split, flips)
+    folder = resolve_cache_dir(cache_dir) / "features" / key
+    final = folder / FINAL_NAME
+    n = len(split)
+    if use_cache and final.is_file():
+        feats = _load_tensor(final)
+        if feats.shape[0] == n:
+            logger.info("feature cache hit: %s (%s, %d images)", folder, split.name, n)
+            return feats
+        logger.warning("feature cache %s holds %d rows for %d images; recomputing", final, feats.shape[0], n)
+    folder.mkdir(parents=True, exist_ok=True)
+    if dist_utils.is_main():
+        atomic_write_json(folder / "meta.json", {"split": split.name, "images": n, "flips": flips,
+                                                 "backbone": backbone.describe(), "preprocess": signature,
+                                                 "version": CACHE_VERSION})
+    chunks = [(i, i * chunk_size, min(n, (i + 1) * chunk_size)) for i in range((n + chunk_size - 1) // chunk_size)]
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    mine = [c for c in chunks if c[0] % world == rank]
+    todo = [c for c in mine if not (use_cache and (folder / f"chunk-{c[0]:05d}.safetensors").is_file())]
+    if len(todo) < len(mine):
+        logger.info("reusing %d finished chunks of %s", len(mine) - len(todo), folder)
+    if todo:
+        _encode_chunks(backbone, split, signature, flips, folder, todo, device, batch_size,
+                       default_num_workers() if num_workers is None else num_workers, precision,
+                       progress and dist_utils.is_main())
+    dist_utils.barrier()
+    if dist_utils.is_main():
+        parts = []
+        for idx, start, stop in chunks:
+            part = folder / f"chunk-{idx:05d}.safetensors"
+            if not part.is_file():
+                raise DataError(f"feature chunk {part} is missing after extraction; rerun to finish the cache")
+            parts.append(_load_tensor(part))
+        feats = torch.cat(parts) if parts else torch.zeros(0, 2 if flips else 1, backbone.embed_dim)
+        _save_tensor(final, feats)
+        for idx, _, _ in chunks:
+            (folder / f"chunk-{idx:05d}.safetensors").unlink(missing_ok=True)
+    dist_utils.barrier()
+    return _load_tensor(final)
+
+
+def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: dict, flips: bool, folder: Path,
+                   chunks: list, device: torch.device, batch_size: int, num_workers: int, precision: str,
+                   progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    transform = build_transform(signature["mode"], signature["image_size"], signature["mean"], signature["std"],
+                                signature["interpolation"])
+    model = backbone.model.to(device).eval()
+    total = sum(stop - start for _, start, stop in chunks)
+    bar = tqdm(total=total, desc=f"features {split.name}", unit="img", disable=not progress, leave=False)
+    t0 = time.perf_counter()
+    for idx, start, stop in chunks:
+        dataset = ImageListDataset(split.paths[start:stop], transform)
+        workers = num_workers if len(dataset) > 64 else 0
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=device.type == "cuda", persistent_workers=False,
+                            prefetch_factor=4 if workers else None)
+        out = torch.empty(stop - start, 2 if flips else 1, backbone.embed_dim)
+        with torch.inference_mode(), _autocast(device, precision):
+            for index, images in _reraise_data_errors(loader):
+                images = images.to(device, non_blocking=True)
+                if flips:
+                    images = torch.cat([images, torch.flip(images, dims=(-1,))])
+                feats = model.encode_image(images).float().cpu()
+                b = index.shape[0]
+                out[index, 0] = feats[:b]
+                if flips:
+                    out[index, 1] = feats[b:]
+                bar.update(b)
+        _save_tensor(folder / f"chunk-{idx:05d}.safetensors", out)
+    bar.close()
+    dt = time.perf_counter() - t0
+    logger.info("encoded %d images of %s in %.1f s (%.0f img/s)", total, split.name, dt, total / max(dt, 1e-9))
+
+
+def _reraise_data_errors(loader: DataLoader):
+    """Iterate ``loader``; a DataError raised in a worker comes back as a plain one-line DataError."""
+    try:
+        yield from loader
+    except DataError as exc:
+        text = str(exc)
+        if "Original Traceback" in text:
+            last = [line for line in text.splitlines() if "DataError:" in line]
+            text = last[-1].split("DataError:", 1)[1].strip() if last else text
+        raise DataError(text) from None
+
+
+def clear_feature_cache(cache_dir: Optional[Union[str, Path]] = None) -> None:
+    """Delete every cached feature file."""
+    shutil.rmtree(resolve_cache_dir(cache_dir) / "features", ignore_errors=True)

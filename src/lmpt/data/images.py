@@ -1,0 +1,153 @@
+"""Image decoding and preprocessing.
+
+Two preprocessing modes:
+
+* ``"reference"``: what the LMPT reference code does: ``Resize((s, s))`` (squash, aspect ratio not
+  kept, bilinear), ``ToTensor``, ImageNet mean/std.
+* ``"clip"``: the backbone's own preprocessing: resize the shortest side to ``s`` (bicubic), center
+  crop ``s``, ``ToTensor``, CLIP mean/std (OpenAI's unless given).
+
+The reference's only augmentation is a random horizontal flip. Here ``flip`` is deterministic:
+``flip=True`` always mirrors, as the last step (an exact mirror of the unflipped tensor), so a
+feature cache can store both variants of every training image.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms as T
+
+from ..errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+MODES = ("reference", "clip")
+_DEFAULT_INTERPOLATION = {"reference": "bilinear", "clip": "bicubic"}
+_INTERPOLATIONS = {
+    "nearest": T.InterpolationMode.NEAREST,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "lanczos": T.InterpolationMode.LANCZOS,
+}
+
+
+def load_image(path: Union[str, os.PathLike]) -> Image.Image:
+    """Decode ``path`` fully and return it as an RGB PIL image.
+
+    Raises DataError naming the file when it is missing, unreadable or does not decode
+    (unknown format, truncated data, ...).
+    """
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}. Check the data root / image_root, or remove "
+                        "the image from the list or manifest.") from None
+    except IsADirectoryError:
+        raise DataError(f"image path is a directory, not a file: {path}") from None
+    except PermissionError as e:
+        raise DataError(f"cannot read image {path}: {e}. Fix the file permissions.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}. Replace the file or "
+                        "remove it from the list; `lmpt data check` lists all such files.") from None
+
+
+def _resolve(mode: str, mean, std, interpolation) -> tuple[tuple, tuple, str]:
+    if mode not in MODES:
+        raise ValueError(f"unknown preprocessing mode {mode!r}; expected one of {MODES}")
+    if mean is None:
+        mean = IMAGENET_MEAN if mode == "reference" else OPENAI_CLIP_MEAN
+    if std is None:
+        std = IMAGENET_STD if mode == "reference" else OPENAI_CLIP_STD
+    mean = tuple(float(x) for x in mean)
+    std = tuple(float(x) for x in std)
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got mean={mean} std={std}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std values must be positive, got {std}")
+    if interpolation is None:
+        interpolation = _DEFAULT_INTERPOLATION[mode]
+    interpolation = str(interpolation).lower()
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {tuple(_INTERPOLATIONS)}")
+    return mean, std, interpolation
+
+
+class HorizontalFlip(torch.nn.Module):
+    """Always mirror a ``[..., H, W]`` tensor left-right (deterministic, picklable)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flip(x, dims=(-1,))
+
+
+def build_transform(mode: str, image_size: int = 224, mean: Optional[Sequence[float]] = None,
+                    std: Optional[Sequence[float]] = None, interpolation: Optional[str] = None,
+                    flip: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+    """A picklable callable ``PIL image -> float tensor [3, s, s]``.
+
+    ``mean``/``std`` default to ImageNet's for "reference" and OpenAI CLIP's for "clip";
+    ``interpolation`` defaults to "bilinear" for "reference" and "bicubic" for "clip".
+    ``flip=True`` always mirrors the result horizontally.
+    """
+    mean, std, interp = _resolve(mode, mean, std, interpolation)
+    s = int(image_size)
+    if s <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    im = _INTERPOLATIONS[interp]
+    if mode == "reference":
+        steps = [T.Resize((s, s), interpolation=im)]
+    else:
+        steps = [T.Resize(s, interpolation=im), T.CenterCrop(s)]
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    if flip:
+        steps.append(HorizontalFlip())
+    return T.Compose(steps)
+
+
+def transform_signature(mode: str, image_size: int = 224, mean: Optional[Sequence[float]] = None,
+                        std: Optional[Sequence[float]] = None, interpolation: Optional[str] = None) -> dict:
+    """JSON-serialisable description of the preprocessing (defaults resolved), for cache keys.
+
+    The flip is not part of it: a cache stores both variants under one key.
+    """
+    mean, std, interp = _resolve(mode, mean, std, interpolation)
+    return {
+        "mode": mode,
+        "image_size": int(image_size),
+        "resize": "squash" if mode == "reference" else "shortest_side+center_crop",
+        "interpolation": interp,
+        "mean": list(mean),
+        "std": list(std),
+        "version": 1,
+    }
+
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """``(index, tensor)`` for each path; usable from DataLoader worker processes.
+
+    ``transform`` is one callable (tensor ``[3, s, s]``) or a sequence of callables, in which case the
+    image is decoded once and the results are stacked (``[V, 3, s, s]``), e.g. unflipped and flipped.
+    A missing or undecodable file raises DataError naming it.
+    """
+
+    def __init__(self, paths: Sequence[Union[str, os.PathLike]],
+                 transform: Union[Callable, Sequence[Callable]]):
+        self.paths = [os.fspath(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        image = load_image(self.paths[index])
+        if callable(self.transform):
+            return index, self.transform(image)
+        return index, torch.stack([t(image) for t in self.transform])
