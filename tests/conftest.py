@@ -36,6 +36,7 @@ def tiny_model_configs(tmp_path_factory):
     for name, cfg in _CONFIGS.items():
         (folder / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(folder)
+    os.environ["LMPT_MODEL_CONFIGS"] = str(folder)  # for subprocesses (CLI, torchrun)
     return folder
 
 
@@ -44,3 +45,11 @@ def tiny_backbone():
     from lmpt.backbone import create_clip
 
     return create_clip(TINY_VIT, pretrained=None, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small long-tailed multi-label manifest data set (coloured shapes, captions) on disk."""
+    from engine_helpers import make_tiny_dataset
+
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 OPENAI_MARKER_KEYS = ("input_resolution", "context_length", "vocab_size")
 _OPENAI_ALIASES = {"ViT-B/16": "ViT-B-16", "ViT-B/32": "ViT-B-32", "ViT-L/14": "ViT-L-14",
                    "ViT-L/14@336px": "ViT-L-14-336", "ViT16": "ViT-B-16", "ViT32": "ViT-B-32"}
+_REGISTERED: set[str] = set()
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -100,6 +101,13 @@ def _known_models() -> list[str]:
 
 
 def _register_builtin_configs() -> None:
+    """The generated world's small CLIP, plus JSON configs in the folders of ``$LMPT_MODEL_CONFIGS``."""
+    import open_clip
+
+    for folder in filter(None, os.environ.get("LMPT_MODEL_CONFIGS", "").split(os.pathsep)):
+        if Path(folder).exists() and folder not in _REGISTERED:
+            open_clip.add_model_config(folder)
+            _REGISTERED.add(folder)
     try:
         from .world import register_world_models
     except ImportError:  # the generated world is optional for real backbones

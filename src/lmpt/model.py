@@ -67,7 +67,7 @@ class PromptCLIP(nn.Module):
 
     def prompt_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: the learned context."""
-        return {"ctx": self.prompt_learner.ctx.detach().cpu().float().contiguous()}
+        return {"ctx": self.prompt_learner.ctx.detach().to("cpu", torch.float32, copy=True).contiguous()}
 
     def load_prompt_state(self, state: dict[str, torch.Tensor]) -> None:
         ctx = state["ctx"]

@@ -1,0 +1,6 @@
+"""``python -m lmpt`` (and ``torchrun -m lmpt``): the command line."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""Checkpoints: the trained prompt (safetensors + metadata) and the resumable training state.
+
+* ``prompt.safetensors``: the learned context ``ctx`` with JSON metadata (backbone name and weights
+  fingerprint, class names, resolved config, which epoch and how it was selected). This is what
+  ``lmpt eval`` and ``lmpt predict`` load.
+* ``state.pt``: everything needed to continue a killed run bit for bit on the CPU (context, optimiser
+  and scheduler state, the sampling RNG, history, best-so-far). Written after every epoch.
+
+Both are written atomically: a crash while writing leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from ..backbone import CLIPBackbone
+from ..errors import CheckpointError
+from ..io import atomic_path
+
+PROMPT_FILE = "prompt.safetensors"
+STATE_FILE = "state.pt"
+FORMAT_VERSION = 1
+
+
+def save_prompt(path: Union[str, Path], ctx: torch.Tensor, meta: dict[str, Any]) -> None:
+    """Write the context and its metadata to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    meta = dict(meta, format_version=FORMAT_VERSION)
+    with atomic_path(path) as tmp:
+        save_file({"ctx": ctx.detach().cpu().float().contiguous()}, str(tmp), metadata={"lmpt": json.dumps(meta)})
+
+
+def load_prompt(path: Union[str, Path]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read a prompt checkpoint: ``(ctx, metadata)``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / PROMPT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no prompt checkpoint at {path}: pass a run folder written by `lmpt train` "
+                              f"(it holds {PROMPT_FILE}) or the .safetensors file itself")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("lmpt", "{}"))
+            ctx = f.get_tensor("ctx")
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable lmpt prompt checkpoint ({type(exc).__name__}: {exc})") from None
+    if not meta:
+        raise CheckpointError(f"{path} has no lmpt metadata; was it written by `lmpt train`?")
+    return ctx, meta
+
+
+def check_compatible(meta: dict[str, Any], class_names: Sequence[str], backbone: CLIPBackbone,
+                     source: Union[str, Path]) -> None:
+    """Refuse a checkpoint whose classes or backbone differ from what it is being used with."""
+    saved = list(meta.get("class_names", []))
+    if len(saved) != len(class_names):
+        raise CheckpointError(f"{source} was trained for {len(saved)} classes but the data has {len(class_names)}; "
+                              "use the data set (and class list) the prompt was trained on")
+    if saved != list(class_names):
+        diff = [(i, a, b) for i, (a, b) in enumerate(zip(saved, class_names)) if a != b][:3]
+        detail = ", ".join(f"#{i}: '{a}' vs '{b}'" for i, a, b in diff)
+        raise CheckpointError(f"{source}: class names differ from the data's ({detail}); "
+                              "use the same class list and data.class_names setting as in training")
+    bb = meta.get("backbone", {})
+    if bb.get("model") != backbone.model_name or bb.get("fingerprint") != backbone.fingerprint:
+        raise CheckpointError(
+            f"{source} was trained with backbone {bb.get('model')} (weights {bb.get('pretrained')}, fingerprint "
+            f"{bb.get('fingerprint')}) but this run loads {backbone.model_name} (weights {backbone.pretrained}, "
+            f"fingerprint {backbone.fingerprint}); pass the same model.backbone and model.pretrained")
+
+
+def save_state(path: Union[str, Path], state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Union[str, Path]) -> Optional[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read training state {path} ({type(exc).__name__}: {exc}); "
+                              "delete it to restart the run from scratch") from None
