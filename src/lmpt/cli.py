@@ -27,8 +27,11 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _print_headline(metrics: dict, run_dir: Optional[Path] = None) -> None:
+    from . import distributed as dist_utils
     from .engine.report import metrics_table
 
+    if not dist_utils.is_main():
+        return
     if run_dir is not None:
         print(f"run folder: {run_dir}")
     if metrics.get("oracle"):

@@ -62,6 +62,7 @@ class DataConfig:
     cache_dir: Optional[str] = None
     num_workers: Optional[int] = None
     feature_batch_size: int = 128
+    feature_chunk_size: int = 1024  # images per cache chunk: the unit of resuming and of torchrun sharding
     world_classes: int = 20
     world_seed: int = 0
 
