@@ -112,3 +112,13 @@ def test_bad_image_is_named(tiny_backbone, split, tmp_path):
     broken.paths[1] = str(bad)
     with pytest.raises(DataError, match="broken.png"):
         extract_features(tiny_backbone, broken, cache_dir=tmp_path, num_workers=0, progress=False)
+
+
+def test_bad_image_is_named_from_worker_processes(tiny_backbone, split, tmp_path):
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG not really")
+    broken = split.subset(range(len(split)))
+    broken.paths[70] = str(bad)
+    with pytest.raises(DataError) as exc:
+        extract_features(tiny_backbone, broken, cache_dir=tmp_path, num_workers=1, progress=False)
+    assert "corrupt.png" in str(exc.value) and "Traceback" not in str(exc.value)

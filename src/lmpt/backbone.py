@@ -110,9 +110,10 @@ def _register_builtin_configs() -> None:
             _REGISTERED.add(folder)
     try:
         from .world import register_world_models
-    except ImportError:  # the generated world is optional for real backbones
-        return
-    register_world_models()
+
+        register_world_models()
+    except Exception as exc:  # the generated world is optional for real backbones
+        logger.debug("world model configs not registered: %s", exc)
 
 
 def check_model_name(name: str) -> str:

@@ -173,33 +173,60 @@ def extract_features(
 def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: dict, flips: bool, folder: Path,
                    chunks: list, device: torch.device, batch_size: int, num_workers: int, precision: str,
                    progress: bool) -> None:
+    """Encode the images of ``chunks``; each chunk is saved as soon as its last image is encoded.
+
+    One DataLoader serves all chunks (workers start once) and hands out small batches so every worker
+    is busy; they are regrouped into encoder batches of ``batch_size`` that never straddle a chunk.
+    """
     from tqdm.auto import tqdm
 
     transform = build_transform(signature["mode"], signature["image_size"], signature["mean"], signature["std"],
                                 signature["interpolation"])
     model = backbone.model.to(device).eval()
-    total = sum(stop - start for _, start, stop in chunks)
+    order = [i for _, start, stop in chunks for i in range(start, stop)]
+    total = len(order)
+    load_bs = max(1, min(32, batch_size))
+    workers = num_workers if total > 64 else 0
+    loader = DataLoader(torch.utils.data.Subset(ImageListDataset(split.paths, transform), order),
+                        batch_size=load_bs, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
     bar = tqdm(total=total, desc=f"features {split.name}", unit="img", disable=not progress, leave=False)
     t0 = time.perf_counter()
-    for idx, start, stop in chunks:
-        dataset = ImageListDataset(split.paths[start:stop], transform)
-        workers = num_workers if len(dataset) > 64 else 0
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False,
-                            prefetch_factor=4 if workers else None)
-        out = torch.empty(stop - start, 2 if flips else 1, backbone.embed_dim)
+    chunk_iter = iter(chunks)
+    idx, start, stop = next(chunk_iter)
+    out = torch.empty(stop - start, 2 if flips else 1, backbone.embed_dim)
+    done = 0
+    pending: list[torch.Tensor] = []
+
+    def encode(images: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat(images).to(device, non_blocking=True)
+        if flips:
+            x = torch.cat([x, torch.flip(x, dims=(-1,))])
         with torch.inference_mode(), _autocast(device, precision):
-            for index, images in _reraise_data_errors(loader):
-                images = images.to(device, non_blocking=True)
-                if flips:
-                    images = torch.cat([images, torch.flip(images, dims=(-1,))])
-                feats = model.encode_image(images).float().cpu()
-                b = index.shape[0]
-                out[index, 0] = feats[:b]
-                if flips:
-                    out[index, 1] = feats[b:]
-                bar.update(b)
-        _save_tensor(folder / f"chunk-{idx:05d}.safetensors", out)
+            feats = model.encode_image(x).float().cpu()
+        n = feats.shape[0] // (2 if flips else 1)
+        return torch.stack([feats[:n], feats[n:]], dim=1) if flips else feats[:, None]
+
+    for _, images in _reraise_data_errors(loader):
+        while images.shape[0]:
+            take = min(images.shape[0], (stop - start) - done - sum(p.shape[0] for p in pending))
+            pending.append(images[:take])
+            images = images[take:]
+            filled = done + sum(p.shape[0] for p in pending)
+            if sum(p.shape[0] for p in pending) >= batch_size or filled == stop - start:
+                feats = encode(pending)
+                out[done:done + feats.shape[0]] = feats
+                done += feats.shape[0]
+                bar.update(feats.shape[0])
+                pending = []
+            if done == stop - start:
+                _save_tensor(folder / f"chunk-{idx:05d}.safetensors", out)
+                nxt = next(chunk_iter, None)
+                if nxt is None:
+                    break
+                idx, start, stop = nxt
+                out = torch.empty(stop - start, 2 if flips else 1, backbone.embed_dim)
+                done = 0
     bar.close()
     dt = time.perf_counter() - t0
     logger.info("encoded %d images of %s in %.1f s (%.0f img/s)", total, split.name, dt, total / max(dt, 1e-9))

@@ -59,7 +59,8 @@ class DataConfig:
     preprocess: str = "reference"  # reference | clip
     captions: str = "auto"  # auto (use captions, CSE off without them) | class-names | off
     caption_chars: int = 75
-    cache_dir: Optional[str] = None
+    cache_dir: Optional[str] = None  # default: $LMPT_CACHE_DIR or ~/.cache/lmpt (generated world, features)
+    feature_cache_dir: Optional[str] = None  # image-feature cache only (default: cache_dir)
     num_workers: Optional[int] = None
     feature_batch_size: int = 128
     feature_chunk_size: int = 1024  # images per cache chunk: the unit of resuming and of torchrun sharding

@@ -82,7 +82,7 @@ def prepare(cfg: Config, device: Optional[torch.device] = None) -> Prepared:
     dataset, world = load_dataset(cfg)
     backbone = backbone_from_config(cfg, world)
     pre = PreprocessConfig(mode=cfg.data.preprocess)
-    common = dict(preprocess=pre, cache_dir=cfg.data.cache_dir, device=device, batch_size=cfg.data.feature_batch_size,
+    common = dict(preprocess=pre, cache_dir=cfg.data.feature_cache_dir or cfg.data.cache_dir, device=device, batch_size=cfg.data.feature_batch_size,
                   chunk_size=cfg.data.feature_chunk_size,
                   num_workers=cfg.data.num_workers, precision=cfg.run.precision, progress=cfg.run.progress)
     features: dict[str, Optional[torch.Tensor]] = {

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,13 +62,17 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast_context(device: torch.device, precision: str):
-    """bf16 (or fp16) autocast on a GPU; nothing on the CPU unless asked for."""
+    """bf16 (or fp16) autocast on a GPU; nothing on the CPU unless asked for.
+
+    The weight-cast cache is off: the frozen weights are never cached anyway, and CUDA-graph capture
+    needs it off.
+    """
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def default_run_name(cfg: Config) -> str:
@@ -239,15 +244,88 @@ class PromptTrainer:
         cse = out["cse"] if out["cse"] is not None else torch.zeros((), device=self.device)
         return torch.stack([out["loss"].detach(), out["cls"].detach(), cse.detach()])
 
+    def make_step(self, optimizer: torch.optim.Optimizer, batch_sizes: set[int]):
+        """The step function: a replayed CUDA graph where possible, else eager :meth:`step`."""
+        mode = self.cfg.run.cuda_graphs
+        if self.device.type != "cuda" or mode == "off" or self.shard.active:
+            if mode == "on" and self.device.type != "cuda":
+                logger.warning("run.cuda_graphs=on needs a CUDA device; running eagerly")
+            return lambda idx, flip: self.step(idx, flip, optimizer)
+        try:
+            graphed = GraphedStep(self, optimizer, batch_sizes)
+        except Exception as exc:  # capture is an optimisation: fall back cleanly
+            if mode == "on":
+                raise
+            logger.warning("CUDA graph capture failed (%s: %s); running the training step eagerly",
+                           type(exc).__name__, exc)
+            optimizer.zero_grad(set_to_none=True)
+            return lambda idx, flip: self.step(idx, flip, optimizer)
+        return graphed
+
     @torch.no_grad()
-    def evaluate(self, split: str) -> Optional[dict[str, Any]]:
+    def evaluate(self, split: str, quiet: bool = False) -> Optional[dict[str, Any]]:
+        """Metrics of a split with the current prompts; ``quiet`` hides the classes-without-positives warning."""
         feats = self.prepared.features.get(split)
         data_split = getattr(self.prepared.dataset, split)
         if feats is None or data_split is None:
             return None
         text = self.text_features()
         logits = logits_from_features(feats, text, self.scale)
-        return split_metrics(logits, data_split.labels, self.prepared.dataset.class_freq)
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.filterwarnings("ignore", message="mean_ap: skipped")
+            return split_metrics(logits, data_split.labels, self.prepared.dataset.class_freq)
+
+
+class GraphedStep:
+    """Forward and backward of the training step captured as CUDA graphs, one per batch size.
+
+    A prompt-tuning step is hundreds of tiny kernels (C short sequences through the text transformer),
+    so launch overhead dominates on a GPU; replaying a graph removes it. The batch rows and flips are
+    copied into static tensors, the graph writes the gradients into the parameters' ``.grad`` (zeroed
+    inside the graph), and the optimiser step runs eagerly so the learning rate can change.
+    """
+
+    def __init__(self, trainer: "PromptTrainer", optimizer: torch.optim.Optimizer, batch_sizes: set[int]) -> None:
+        self.trainer = trainer
+        self.optimizer = optimizer
+        self.graphs: dict[int, tuple] = {}
+        device = trainer.device
+        for p in trainer.params:
+            p.grad = torch.zeros_like(p)
+        pool = None
+        for bs in sorted(batch_sizes, reverse=True):
+            idx = torch.zeros(bs, dtype=torch.long, device=device)
+            flip = torch.zeros(bs, dtype=torch.long, device=device)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up outside the graph (allocator, autocast, cuBLAS handles)
+                    self._forward_backward(idx, flip)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                stats = self._forward_backward(idx, flip)
+            pool = graph.pool()
+            self.graphs[bs] = (graph, idx, flip, stats)
+        for p in trainer.params:
+            p.grad.zero_()
+
+    def _forward_backward(self, idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        for p in self.trainer.params:
+            p.grad.zero_()
+        out = self.trainer.loss(idx, flip)
+        out["loss"].backward()
+        cse = out["cse"] if out["cse"] is not None else torch.zeros((), device=idx.device)
+        return torch.stack([out["loss"].detach(), out["cls"].detach(), cse.detach()])
+
+    def __call__(self, idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        graph, s_idx, s_flip, stats = self.graphs[idx.shape[0]]
+        s_idx.copy_(idx)
+        s_flip.copy_(flip)
+        graph.replay()
+        self.optimizer.step()
+        return stats.clone()
 
 
 def _make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, has_val: bool):
@@ -391,6 +469,8 @@ def _train(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.device,
                disable=not (main and cfg.run.progress), leave=False)
     t_train = time.perf_counter()
     trainer.model.train()
+    sizes_needed = {min(o.batch_size, n)} | ({n % o.batch_size} if n % o.batch_size else set())
+    step_fn = trainer.make_step(optimizer, sizes_needed)
     for epoch in range(start_epoch, o.epochs):
         t_epoch = time.perf_counter()
         perm = torch.randperm(n, generator=generator)
@@ -399,7 +479,7 @@ def _train(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.device,
         stats = torch.zeros(steps_per_epoch, 3, device=device)
         for i in range(steps_per_epoch):
             sl = slice(i * o.batch_size, (i + 1) * o.batch_size)
-            stats[i] = trainer.step(perm[sl], flips[sl], optimizer)
+            stats[i] = step_fn(perm[sl], flips[sl])
         stats_cpu = stats.cpu()
         bad = (~torch.isfinite(stats_cpu)).any(dim=1).nonzero()
         if len(bad):
@@ -414,11 +494,11 @@ def _train(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.device,
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                                "train_loss": float(mean[0]), "train_cls": float(mean[1]),
                                "train_cse": float(mean[2]) if trainer.uses_cse else None}
-        val = trainer.evaluate("val") if has_val else None
+        val = trainer.evaluate("val", quiet=epoch > start_epoch) if has_val else None
         if val is not None:
             row.update({f"val_{k}": v for k, v in headline(val, headline_protocol).items()})
         if cfg.run.select == "test":
-            test_now = trainer.evaluate("test")
+            test_now = trainer.evaluate("test", quiet=epoch > start_epoch)
             row.update({f"oracle_test_{k}": v for k, v in headline(test_now, headline_protocol).items()})
         row["epoch_s"] = time.perf_counter() - t_epoch
         history.append(row)

@@ -1,0 +1,94 @@
+"""A reference-style training loop, written to time what the LMPT reference code does per run.
+
+What it reproduces (METHOD.md section 8), on the same data, model and losses as lmpt's path:
+  * images decoded and encoded by the frozen image encoder at every step (batch 64, random flip),
+    data loading in the main process (``num_workers=0``);
+  * the text encoder run on the full context (77 tokens for OpenAI CLIP) for every step;
+  * after every epoch a full test evaluation that re-encodes the class prompts for every test batch.
+It is a timing harness only: it shares lmpt's losses so the work per step is comparable.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmpt.data.features import PreprocessConfig
+from lmpt.data.images import build_transform, load_image
+from lmpt.engine.config import Config
+from lmpt.engine.data import Prepared, caption_embeddings
+from lmpt.engine.train import build_loss, build_model
+from lmpt.metrics import average_precision
+from lmpt.prompts import encode_token_embeddings
+
+
+def reference_style_run(cfg: Config, prepared: Prepared, epochs: int, device: torch.device,
+                        on_epoch: Optional[Callable[[int, float], None]] = None) -> dict:
+    """Train ``epochs`` epochs the reference's way; returns timings (seconds) and the last test mAP."""
+    model = build_model(cfg, prepared, device)
+    loss_fn = build_loss(cfg, prepared).to(device)
+    pl = model.prompt_learner
+    full = pl.context_length
+    caps = caption_embeddings(cfg, prepared, length=full) if loss_fn.cse_loss is not None else None
+    cap_emb = caps.embeddings.to(device) if caps is not None else None
+    cap_mask = caps.mask.to(device) if caps is not None else None
+    sig = PreprocessConfig(mode=cfg.data.preprocess).resolve(prepared.backbone)
+    transform = build_transform(sig["mode"], sig["image_size"], sig["mean"], sig["std"], sig["interpolation"])
+    ds = prepared.dataset
+    labels = torch.as_tensor(ds.train.labels, dtype=torch.float32)
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                          weight_decay=cfg.optim.weight_decay)
+    scale = float(model.logit_scale)
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    bs = cfg.optim.batch_size
+    times = []
+    last_map = float("nan")
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(ds.train), generator=gen)
+        for start in range(0, len(perm), bs):
+            idx = perm[start:start + bs]
+            images = []
+            for i in idx.tolist():
+                x = transform(load_image(ds.train.paths[i]))
+                if torch.rand((), generator=gen) < 0.5:
+                    x = torch.flip(x, dims=(-1,))
+                images.append(x)
+            images = torch.stack(images).to(device)
+            with torch.no_grad():
+                img = F.normalize(model.clip.encode_image(images).float(), dim=-1)
+            prompts = pl(full)
+            text = F.normalize(encode_token_embeddings(model.clip, prompts, pl.eot).float(), dim=-1)
+            logits = scale * img @ text.t()
+            y = labels[idx].to(device)
+            if cap_emb is not None:
+                out = loss_fn(logits, y, caption_emb=cap_emb[idx.to(device)], prompt_emb=prompts,
+                              caption_mask=cap_mask[idx.to(device)])
+            else:
+                out = loss_fn(logits, y)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+        last_map = _reference_test_eval(model, ds.test.paths, ds.test.labels, transform, full, scale, device, bs)
+        times.append(time.perf_counter() - t0)
+        if on_epoch is not None:
+            on_epoch(epoch, times[-1])
+    return {"epoch_s": times, "test_map_softmax": last_map}
+
+
+@torch.no_grad()
+def _reference_test_eval(model, paths, labels, transform, full, scale, device, bs) -> float:
+    model.eval()
+    pl = model.prompt_learner
+    scores = []
+    for start in range(0, len(paths), bs):
+        images = torch.stack([transform(load_image(p)) for p in paths[start:start + bs]]).to(device)
+        img = F.normalize(model.clip.encode_image(images).float(), dim=-1)
+        text = F.normalize(encode_token_embeddings(model.clip, pl(full), pl.eot).float(), dim=-1)  # every batch
+        scores.append(torch.softmax(scale * img @ text.t(), dim=1).cpu())
+    ap = average_precision(torch.cat(scores).numpy(), labels)
+    return float(np.nanmean(ap))
