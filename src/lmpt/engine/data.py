@@ -76,14 +76,18 @@ def backbone_from_config(cfg: Config, world: Optional[object] = None) -> CLIPBac
     return create_clip(backbone, pretrained, quick_gelu=m.quick_gelu, seed=cfg.run.seed)
 
 
-def prepare(cfg: Config, device: Optional[torch.device] = None) -> Prepared:
-    """Load the data set and backbone, and fetch (or compute) the cached image features."""
+def prepare(cfg: Config, device: Optional[torch.device] = None,
+            loaded: Optional[tuple[MultiLabelDataset, Optional[object]]] = None) -> Prepared:
+    """Load the data set and backbone, and fetch (or compute) the cached image features.
+
+    ``loaded`` passes a ``(dataset, world)`` pair that is already in memory instead of reading the config's.
+    """
     device = device or resolve_device(cfg.run.device)
-    dataset, world = load_dataset(cfg)
+    dataset, world = loaded if loaded is not None else load_dataset(cfg)
     backbone = backbone_from_config(cfg, world)
-    pre = PreprocessConfig(mode=cfg.data.preprocess)
-    common = dict(preprocess=pre, cache_dir=cfg.data.feature_cache_dir or cfg.data.cache_dir, device=device, batch_size=cfg.data.feature_batch_size,
-                  chunk_size=cfg.data.feature_chunk_size,
+    common = dict(preprocess=PreprocessConfig(mode=cfg.data.preprocess),
+                  cache_dir=cfg.data.feature_cache_dir or cfg.data.cache_dir, device=device,
+                  batch_size=cfg.data.feature_batch_size, chunk_size=cfg.data.feature_chunk_size,
                   num_workers=cfg.data.num_workers, precision=cfg.run.precision, progress=cfg.run.progress)
     features: dict[str, Optional[torch.Tensor]] = {
         "train": extract_features(backbone, dataset.train, flips=True, **common),
