@@ -1,0 +1,242 @@
+"""The generated world: an offline long-tailed multi-label benchmark with its own small CLIP.
+
+No CLIP weights and no VOC/COCO images are needed: :func:`build_world` draws a long-tailed
+multi-label world (20 classes like VOC-LT by default, 80 like COCO-LT), pretrains a small CLIP
+(``lmpt-world-tiny``) on a separate class-balanced image-caption corpus, and caches both.
+
+Cache layout: ``resolve_cache_dir(cache_dir) / "world" / <key>`` where ``<key>`` is
+``v{GENERATOR_VERSION}-c{num_classes}-s{seed}-{h}`` and ``h`` is
+``stable_hash({"version", "num_classes", "seed", "scale", "sizes"})``: any change to the
+generator version, class count, seed, train scale or split sizes gives a new folder. A world
+folder is complete when its ``world.json`` exists (written last, inside a temporary folder
+that is renamed into place); the CLIP weights inside it are ``clip-<recipe hash>.safetensors``
+(keyed by the pretraining recipe and seed; written atomically, with ``clip-<hash>.json``
+holding the pretraining metrics, written after the weights).
+
+Light to import: torch and open_clip are imported only when needed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ..cache import resolve_cache_dir
+from ..io import stable_hash
+from .generate import GENERATOR_VERSION, default_sizes, generate_world, is_complete_world
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "WORLD_MODEL_NAME", "WORLD_CONTEXT_LENGTH", "WORLD_MODEL_CONFIG", "WorldInfo", "register_world_models",
+    "get_world_tokenizer", "get_world_transform", "world_key", "build_world", "load_world_dataset",
+    "generate_world", "GENERATOR_VERSION", "default_sizes", "is_complete_world",
+]
+
+WORLD_MODEL_NAME = "lmpt-world-tiny"
+WORLD_CONTEXT_LENGTH = 32
+# The open_clip config of the world's CLIP; shipped as lmpt-world-tiny.json beside this file
+# (a test checks that the two agree).
+WORLD_MODEL_CONFIG = {
+    "embed_dim": 128,
+    "quick_gelu": False,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": WORLD_CONTEXT_LENGTH, "vocab_size": 49408, "width": 128, "heads": 4,
+                 "layers": 3},
+}
+_CONFIG_PATH = Path(__file__).with_name(f"{WORLD_MODEL_NAME}.json")
+
+
+def register_world_models() -> None:
+    """Make ``open_clip.create_model("lmpt-world-tiny")`` work (idempotent).
+
+    Registers the JSON config shipped with the package; should it be missing (a packaging
+    slip), the same config is written to a temporary folder and registered from there.
+    """
+    import open_clip
+
+    if WORLD_MODEL_NAME in open_clip.list_models():
+        return
+    path = _CONFIG_PATH
+    if not path.is_file():
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="lmpt-world-config-"))
+        path = folder / f"{WORLD_MODEL_NAME}.json"
+        path.write_text(json.dumps(WORLD_MODEL_CONFIG, indent=4), encoding="utf-8")
+    open_clip.add_model_config(path)
+
+
+def get_world_tokenizer():
+    """The CLIP BPE tokenizer at the world model's context length (32): ``tok(list_of_str) -> [N, 32]``.
+
+    It is open_clip's ``SimpleTokenizer`` (the OpenAI CLIP vocabulary, 49408 tokens), as
+    returned by ``open_clip.get_tokenizer("lmpt-world-tiny")`` once the model is registered.
+    """
+    import open_clip
+
+    register_world_models()
+    return open_clip.get_tokenizer(WORLD_MODEL_NAME)
+
+
+def get_world_transform():
+    """Image preprocessing for world images: RGB tensor normalised with open_clip's mean/std.
+
+    World images are already 64 x 64 (other sizes are resized, bicubic, and centre-cropped).
+    The same as the ``preprocess_val`` of ``open_clip.create_model_and_transforms(WORLD_MODEL_NAME)``.
+    """
+    import open_clip
+
+    from .pretrain import IMAGE_MEAN, IMAGE_STD
+
+    return open_clip.image_transform(WORLD_MODEL_CONFIG["vision_cfg"]["image_size"], is_train=False,
+                                     mean=IMAGE_MEAN, std=IMAGE_STD)
+
+
+@dataclass
+class WorldInfo:
+    """Where a built world lies and what it holds."""
+
+    root: Path
+    train_manifest: Path
+    val_manifest: Path
+    test_manifest: Path
+    classes_file: Path
+    class_names: list[str]
+    clip_model_name: str
+    clip_weights: Path
+    metadata: dict = field(default_factory=dict)  # world.json, plus "clip": the pretraining metrics
+    generated: bool = False  # this call generated the images (not taken from the cache)
+    pretrained: bool = False  # this call pretrained the CLIP (not taken from the cache)
+
+
+def world_key(num_classes: int = 20, seed: int = 0, scale: float = 1.0, sizes: Optional[dict] = None) -> str:
+    """The cache folder name of a world (see the module docstring)."""
+    size = default_sizes(num_classes)
+    size.update({k: int(v) for k, v in (sizes or {}).items()})
+    h = stable_hash({"version": GENERATOR_VERSION, "num_classes": int(num_classes), "seed": int(seed),
+                     "scale": float(scale), "sizes": size}, length=10)
+    return f"v{GENERATOR_VERSION}-c{int(num_classes)}-s{int(seed)}-{h}"
+
+
+def _clip_stem(recipe: dict, seed: int) -> str:
+    return "clip-" + stable_hash({"model": WORLD_MODEL_NAME, "config": WORLD_MODEL_CONFIG,
+                                  "recipe": recipe, "seed": int(seed)}, length=10)
+
+
+def build_world(cache_dir: Optional[Union[str, Path]] = None, num_classes: int = 20, seed: int = 0,
+                progress: bool = True, *, scale: float = 1.0, sizes: Optional[dict] = None,
+                pretrain_steps: Optional[int] = None, pretrain_recipe: Optional[dict] = None,
+                workers: Optional[int] = None) -> WorldInfo:
+    """The world for ``(num_classes, seed)``: generated and its CLIP pretrained on first call, then cached.
+
+    Args:
+        cache_dir: cache root (default :func:`lmpt.cache.default_cache_dir`).
+        scale, sizes: see :func:`~lmpt.world.generate.generate_world` (small worlds for tests).
+        pretrain_steps, pretrain_recipe: override the pretraining recipe
+            (:data:`~lmpt.world.pretrain.DEFAULT_RECIPE`); they are part of the weights' key.
+        workers: processes drawing images (default up to 2).
+    """
+    from .pretrain import DEFAULT_RECIPE
+
+    t0 = time.perf_counter()
+    base = resolve_cache_dir(cache_dir) / "world"
+    base.mkdir(parents=True, exist_ok=True)
+    root = base / world_key(num_classes, seed, scale, sizes)
+    generated = False
+    if not is_complete_world(root):
+        tmp = base / f".tmp-{root.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            logger.info("world: generating %s", root)
+            generate_world(tmp, num_classes=num_classes, seed=seed, scale=scale, sizes=sizes, workers=workers,
+                           progress=progress)
+            if root.exists() and not is_complete_world(root):
+                logger.warning("world: removing incomplete world folder %s", root)
+                shutil.rmtree(root, ignore_errors=True)
+            try:
+                os.rename(tmp, root)
+                generated = True
+            except OSError:
+                if not is_complete_world(root):  # someone else's rename won, or a real error
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    meta = json.loads((root / "world.json").read_text(encoding="utf-8"))
+
+    recipe = dict(DEFAULT_RECIPE)
+    recipe.update(pretrain_recipe or {})
+    if pretrain_steps is not None:
+        recipe["steps"] = int(pretrain_steps)
+    recipe = json.loads(json.dumps(recipe))  # tuples -> lists, as in the key
+    stem = _clip_stem(recipe, seed)
+    weights = root / f"{stem}.safetensors"
+    metrics_path = root / f"{stem}.json"
+    pretrained = False
+    if not (weights.is_file() and metrics_path.is_file()):
+        from .pretrain import pretrain_world_clip
+
+        pretrain_world_clip(root, weights, seed=seed, recipe=recipe, progress=progress)
+        pretrained = True
+    meta["clip"] = json.loads(metrics_path.read_text(encoding="utf-8"))
+    info = WorldInfo(
+        root=root,
+        train_manifest=root / "train.jsonl",
+        val_manifest=root / "val.jsonl",
+        test_manifest=root / "test.jsonl",
+        classes_file=root / "classes.txt",
+        class_names=list(meta["classes"]),
+        clip_model_name=WORLD_MODEL_NAME,
+        clip_weights=weights,
+        metadata=meta,
+        generated=generated,
+        pretrained=pretrained,
+    )
+    logger.info("world: %s ready in %.1fs (%s)", root.name, time.perf_counter() - t0,
+                "generated" if generated else "cached world" + ("" if pretrained else " and CLIP"))
+    return info
+
+
+def _read_jsonl_split(path: Path, root: Path, name: str, classes: list[str]):
+    from ..data.dataset import MultiLabelSplit
+
+    index = {c: i for i, c in enumerate(classes)}
+    paths, ids, rows, caps = [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            y = np.zeros(len(classes), np.uint8)
+            for lab in rec["labels"]:
+                if lab not in index:
+                    raise ValueError(f"{path}:{lineno}: unknown class '{lab}'")
+                y[index[lab]] = 1
+            ids.append(rec["image"])
+            paths.append(str(root / rec["image"]))
+            rows.append(y)
+            caps.append(rec.get("caption"))
+    labels = np.stack(rows) if rows else np.zeros((0, len(classes)), np.uint8)
+    captions = caps if caps and all(c is not None for c in caps) else None
+    return MultiLabelSplit(name=name, paths=paths, ids=ids, labels=labels, captions=captions)
+
+
+def load_world_dataset(info: WorldInfo):
+    """The world as a :class:`~lmpt.data.dataset.MultiLabelDataset` (train with captions, val, test)."""
+    from ..data.dataset import MultiLabelDataset
+
+    classes = list(info.class_names)
+    train = _read_jsonl_split(info.train_manifest, info.root, "train", classes)
+    val = _read_jsonl_split(info.val_manifest, info.root, "val", classes)
+    test = _read_jsonl_split(info.test_manifest, info.root, "test", classes)
+    meta = {k: v for k, v in info.metadata.items() if k not in ("looks",)}
+    return MultiLabelDataset(name=f"world-c{len(classes)}-s{info.metadata.get('seed', 0)}", class_names=classes,
+                             train=train, val=val, test=test, root=info.root, meta=meta)

@@ -1,0 +1,267 @@
+"""The generated world: determinism, long-tail profile, captions, cache, small CLIP."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmpt.world import (
+    WORLD_MODEL_NAME,
+    build_world,
+    generate_world,
+    get_world_tokenizer,
+    is_complete_world,
+    load_world_dataset,
+    register_world_models,
+    world_key,
+)
+from lmpt.world.captions import MAX_CAPTION_CHARS
+from lmpt.world.labels import (
+    COCO_LT_PROFILE,
+    VOC_LT_PROFILE,
+    label_matrix,
+    lt_profile,
+    make_spec,
+    sample_balanced,
+    sample_split,
+)
+from lmpt.world.vocab import plural, pool_words, select_classes
+
+SMALL = {"val": 40, "test": 60, "pretrain": 96}
+SCALE = 0.05
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "w"
+    generate_world(out, num_classes=20, seed=3, scale=SCALE, sizes=SMALL, workers=1, progress=False)
+    return out
+
+
+def _groups(counts) -> tuple[int, int, int]:
+    c = np.asarray(counts)
+    return int((c >= 100).sum()), int(((c >= 20) & (c < 100)).sum()), int((c < 20).sum())
+
+
+# --- vocabulary ------------------------------------------------------------------------------------
+
+
+def test_class_words_are_single_common_tokens():
+    tok = get_world_tokenizer()
+    words = pool_words()
+    assert len(words) >= 80 and len(set(words)) == len(words)
+    from open_clip.tokenizer import SimpleTokenizer
+
+    bpe = SimpleTokenizer()
+    for w in words:
+        assert w.isalpha() and w.islower(), w
+        assert 1 <= len(bpe.encode(w)) <= 2, w
+        assert 1 <= len(bpe.encode(plural(w))) <= 3, w
+    ids = tok(["a photo of a dog."])
+    assert ids.shape == (1, 32)
+    assert select_classes(20)[0] == "person" and len(set(select_classes(80))) == 80
+
+
+def test_caption_phrases_name_no_class():
+    from lmpt.world import captions
+
+    vocab = set(pool_words()) | {plural(w) for w in pool_words()}
+    texts = list(captions._SOLO + captions._DUO + captions._MANY + captions._GENERIC)
+    for scene in captions.SCENES:
+        texts += [scene.name, *captions._clean(scene.places), *captions._clean(scene.surfaces)]
+    for t in texts:
+        assert not set(t.replace("{", " ").replace("}", " ").split()) & vocab, t
+
+
+# --- label sampling (full size: no images drawn) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes,profile", [(20, VOC_LT_PROFILE), (80, COCO_LT_PROFILE)])
+def test_long_tail_profile_at_full_size(num_classes, profile):
+    spec = make_spec(num_classes)
+    target = np.empty(num_classes, np.int64)
+    rng = np.random.default_rng(0)
+    target[rng.permutation(num_classes)] = lt_profile(num_classes)
+    assert sorted(target.tolist(), reverse=True) == list(profile)
+    sets = sample_split(spec, target, rng, pool_factor=10.0)
+    y = label_matrix(sets, num_classes)
+    counts = y.sum(0)
+    assert np.all(np.abs(counts - target) <= np.maximum(1, 0.15 * target)), (counts, target)
+    assert _groups(counts) == _groups(profile)
+    assert y.sum(1).min() >= 1 and all(1 <= len(s.objects) <= 4 for s in sets)
+
+
+def test_profile_interpolates_between_voc_and_coco():
+    for n in (10, 40, 60, 120):
+        p = lt_profile(n)
+        assert len(p) == n and p[0] >= 100 and p[-1] < 20
+        assert np.all(np.diff(p) <= 0)
+
+
+def test_head_and_tail_depend_on_seed():
+    heads = []
+    for seed in (0, 1, 2):
+        target = np.empty(20, np.int64)
+        target[np.random.default_rng(seed).permutation(20)] = lt_profile(20)
+        heads.append(int(np.argmax(target)))
+    assert len(set(heads)) > 1
+
+
+def test_balanced_splits_cover_every_class():
+    spec = make_spec(20)
+    y = label_matrix(sample_balanced(spec, 1500, np.random.default_rng(5)), 20)
+    counts = y.sum(0)
+    assert counts.min() >= 40
+    assert counts.max() <= 4 * counts.min()
+
+
+def test_pairs_co_occur():
+    spec = make_spec(20)
+    y = label_matrix(sample_balanced(spec, 3000, np.random.default_rng(1)), 20).astype(bool)
+    horse, person = spec.classes.index("horse"), spec.classes.index("person")
+    p_person_given_horse = y[y[:, horse], person].mean()
+    assert p_person_given_horse > 2 * y[:, person].mean()
+
+
+# --- generated files ---------------------------------------------------------------------------------
+
+
+def test_files_and_objects(small_world):
+    meta = json.loads((small_world / "world.json").read_text())
+    assert is_complete_world(small_world)
+    classes = (small_world / "classes.txt").read_text().split()
+    assert classes == meta["classes"] and len(classes) == 20
+    from PIL import Image
+
+    for split in ("train", "val", "test"):
+        recs = _read_jsonl(small_world / f"{split}.jsonl")
+        assert len(recs) == meta["sizes"][split] > 0
+        for r in recs[:20]:
+            assert 1 <= len(r["labels"]) <= 4 and set(r["labels"]) <= set(classes)
+            assert ("caption" in r) == (split == "train")
+            with Image.open(small_world / r["image"]) as im:
+                assert im.size == (64, 64) and im.mode == "RGB"
+    pre = np.load(small_world / "pretrain_images.npy")
+    caps = json.loads((small_world / "pretrain_captions.json").read_text())
+    assert pre.shape == (SMALL["pretrain"], 64, 64, 3) and pre.dtype == np.uint8 and len(caps) == len(pre)
+    assert pre.std() > 10  # not blank
+
+
+def test_captions_name_only_present_classes(small_world):
+    recs = _read_jsonl(small_world / "train.jsonl")
+    classes = (small_world / "classes.txt").read_text().split()
+    forms = {c: {c, plural(c)} for c in classes}
+    some_missing = 0
+    lengths = []
+    for r in recs:
+        words = set(r["caption"].rstrip(".").replace(",", " ").split())
+        named = {c for c in classes if forms[c] & words}
+        assert named, r
+        assert named <= set(r["labels"]), r
+        some_missing += named != set(r["labels"])
+        lengths.append(len(r["caption"]))
+    assert some_missing > 0
+    assert np.mean(np.asarray(lengths) <= MAX_CAPTION_CHARS) > 0.95
+    assert len({r["caption"] for r in recs}) > 0.5 * len(recs)
+
+
+def test_generation_is_deterministic(small_world, tmp_path):
+    again = tmp_path / "again"
+    generate_world(again, num_classes=20, seed=3, scale=SCALE, sizes=SMALL, workers=2, progress=False)
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "classes.txt", "pretrain_captions.json"):
+        assert (again / name).read_bytes() == (small_world / name).read_bytes(), name
+    assert (again / "images/train/000000.png").read_bytes() == (small_world / "images/train/000000.png").read_bytes()
+    assert np.array_equal(np.load(again / "pretrain_images.npy"), np.load(small_world / "pretrain_images.npy"))
+
+    other = tmp_path / "other"
+    generate_world(other, num_classes=20, seed=4, scale=SCALE, sizes=SMALL, workers=1, progress=False)
+    assert (other / "train.jsonl").read_bytes() != (small_world / "train.jsonl").read_bytes()
+    assert not np.array_equal(np.load(other / "pretrain_images.npy"), np.load(small_world / "pretrain_images.npy"))
+
+
+# --- cache and CLIP -------------------------------------------------------------------------------
+
+
+def test_build_world_caches_and_pretrains(tmp_path):
+    import open_clip
+    import torch
+    from safetensors.torch import load_file
+
+    kw = dict(cache_dir=tmp_path, num_classes=20, seed=1, progress=False, scale=SCALE, sizes=SMALL,
+              pretrain_steps=2, pretrain_recipe={"batch_size": 16, "warmup_steps": 1}, workers=1)
+    info = build_world(**kw)
+    assert info.generated and info.pretrained
+    assert info.root == tmp_path / "world" / world_key(20, 1, SCALE, SMALL)
+    assert info.clip_weights.is_file() and info.metadata["clip"]["steps"] == 2
+    mtime = (info.root / "world.json").stat().st_mtime_ns
+    wtime = info.clip_weights.stat().st_mtime_ns
+
+    again = build_world(**kw)
+    assert not again.generated and not again.pretrained
+    assert (again.root / "world.json").stat().st_mtime_ns == mtime
+    assert again.clip_weights.stat().st_mtime_ns == wtime
+
+    ds = load_world_dataset(again)
+    assert ds.num_classes == 20 and ds.train.captions is not None and ds.test.captions is None
+    assert len(ds.val) == SMALL["val"] and Path(ds.test.paths[0]).is_file()
+    assert np.array_equal(ds.class_freq, np.asarray(again.metadata["counts"]["train"]))
+
+    register_world_models()
+    model = open_clip.create_model(WORLD_MODEL_NAME)
+    model.load_state_dict(load_file(str(again.clip_weights)))
+    with torch.no_grad():
+        tok = get_world_tokenizer()(["a photo of a dog.", "a photo of a cup."])
+        img = torch.zeros(2, 3, 64, 64)
+        f_img, f_txt = model.encode_image(img), model.encode_text(tok)
+    assert f_img.shape == f_txt.shape == (2, model.text_projection.shape[1])
+    assert model.context_length == 32
+
+    # the documented preprocessing equals the one pretraining used
+    from PIL import Image
+
+    from lmpt.world import get_world_transform
+    from lmpt.world.pretrain import _to_input
+
+    with Image.open(ds.test.paths[0]) as im:
+        a = get_world_transform()(im)
+        b = _to_input(torch.from_numpy(np.array(im.convert("RGB")))[None])[0]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_model_config_and_deterministic_pretraining(small_world, tmp_path):
+    import open_clip
+    from safetensors.torch import load_file
+
+    from lmpt.world import WORLD_MODEL_CONFIG
+    from lmpt.world.pretrain import pretrain_world_clip
+
+    shipped = Path(__file__).resolve().parents[1] / "src/lmpt/world/lmpt-world-tiny.json"
+    assert json.loads(shipped.read_text()) == WORLD_MODEL_CONFIG
+    register_world_models()
+    register_world_models()  # idempotent
+    assert WORLD_MODEL_NAME in open_clip.list_models()
+    kw = dict(steps=2, seed=5, recipe={"batch_size": 16, "warmup_steps": 1}, progress=False, eval_split=None)
+    m1 = pretrain_world_clip(small_world, tmp_path / "a.safetensors", **kw)
+    pretrain_world_clip(small_world, tmp_path / "b.safetensors", **kw)
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert m1["steps"] == 2 and np.isfinite(m1["final_loss"])
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert (tmp_path / "a.json").is_file()
+
+
+def test_incomplete_world_is_regenerated(tmp_path):
+    kw = dict(cache_dir=tmp_path, num_classes=20, seed=2, progress=False, scale=SCALE, sizes=SMALL,
+              pretrain_steps=1, pretrain_recipe={"batch_size": 8, "warmup_steps": 1}, workers=1)
+    root = tmp_path / "world" / world_key(20, 2, SCALE, SMALL)
+    (root / "images").mkdir(parents=True)
+    (root / "train.jsonl").write_text("half written\n")
+    assert not is_complete_world(root)
+    info = build_world(**kw)
+    assert info.generated and is_complete_world(root)
+    assert _read_jsonl(root / "train.jsonl")[0]["image"].startswith("images/train/")
