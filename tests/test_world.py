@@ -72,7 +72,7 @@ def test_caption_phrases_name_no_class():
     from lmpt.world import captions
 
     vocab = set(pool_words()) | {plural(w) for w in pool_words()}
-    texts = list(captions._SOLO + captions._DUO + captions._MANY + captions._GENERIC)
+    texts = list(captions._SOLO + captions._DUO + captions._MANY + captions._GENERIC + captions._WEB_WORDS)
     for scene in captions.SCENES:
         texts += [scene.name, *captions._clean(scene.places), *captions._clean(scene.surfaces)]
     for t in texts:
@@ -151,6 +151,16 @@ def test_files_and_objects(small_world):
     caps = json.loads((small_world / "pretrain_captions.json").read_text())
     assert pre.shape == (SMALL["pretrain"], 64, 64, 3) and pre.dtype == np.uint8 and len(caps) == len(pre)
     assert pre.std() > 10  # not blank
+    # alt-text clutter before the description on part of the pretraining captions, never on the train split's
+    from lmpt.world.captions import _WEB_WORDS
+
+    def web_start(text: str) -> bool:
+        return text.split()[0].strip(",:-|") in _WEB_WORDS and text.split()[1].strip(",:-|") in _WEB_WORDS
+
+    share = np.mean([web_start(c) for c in caps])
+    assert 0.3 < share < 0.9, share
+    train_share = np.mean([web_start(r["caption"]) for r in _read_jsonl(small_world / "train.jsonl")])
+    assert train_share < 0.1, train_share  # only "close up ..." descriptions look like that
 
 
 def test_captions_name_only_present_classes(small_world):
@@ -238,14 +248,15 @@ def test_model_config_and_deterministic_pretraining(small_world, tmp_path):
     import open_clip
     from safetensors.torch import load_file
 
-    from lmpt.world import WORLD_MODEL_CONFIG
+    from lmpt.world import WORLD_CONTEXT_LENGTH, get_world_tokenizer
     from lmpt.world.pretrain import pretrain_world_clip
 
-    shipped = Path(__file__).resolve().parents[1] / "src/lmpt/world/lmpt-world-tiny.json"
-    assert json.loads(shipped.read_text()) == WORLD_MODEL_CONFIG
     register_world_models()
     register_world_models()  # idempotent
     assert WORLD_MODEL_NAME in open_clip.list_models()
+    model = open_clip.create_model(WORLD_MODEL_NAME, pretrained=None)
+    assert model.context_length == WORLD_CONTEXT_LENGTH == get_world_tokenizer()(["a"]).shape[1]
+    assert model.visual.image_size == (64, 64) or model.visual.image_size == 64
     kw = dict(steps=2, seed=5, recipe={"batch_size": 16, "warmup_steps": 1}, progress=False, eval_split=None)
     m1 = pretrain_world_clip(small_world, tmp_path / "a.safetensors", **kw)
     pretrain_world_clip(small_world, tmp_path / "b.safetensors", **kw)

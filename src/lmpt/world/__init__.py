@@ -43,36 +43,17 @@ __all__ = [
 
 WORLD_MODEL_NAME = "lmpt-world-tiny"
 WORLD_CONTEXT_LENGTH = 32
-# The open_clip config of the world's CLIP; shipped as lmpt-world-tiny.json beside this file
-# (a test checks that the two agree).
-WORLD_MODEL_CONFIG = {
-    "embed_dim": 128,
-    "quick_gelu": False,
-    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": WORLD_CONTEXT_LENGTH, "vocab_size": 49408, "width": 128, "heads": 4,
-                 "layers": 3},
-}
 _CONFIG_PATH = Path(__file__).with_name(f"{WORLD_MODEL_NAME}.json")
+# The open_clip config of the world's CLIP, shipped as lmpt-world-tiny.json beside this file.
+WORLD_MODEL_CONFIG = json.loads(_CONFIG_PATH.read_text(encoding="utf-8"))
 
 
 def register_world_models() -> None:
-    """Make ``open_clip.create_model("lmpt-world-tiny")`` work (idempotent).
-
-    Registers the JSON config shipped with the package; should it be missing (a packaging
-    slip), the same config is written to a temporary folder and registered from there.
-    """
+    """Make ``open_clip.create_model("lmpt-world-tiny")`` work (idempotent)."""
     import open_clip
 
-    if WORLD_MODEL_NAME in open_clip.list_models():
-        return
-    path = _CONFIG_PATH
-    if not path.is_file():
-        import tempfile
-
-        folder = Path(tempfile.mkdtemp(prefix="lmpt-world-config-"))
-        path = folder / f"{WORLD_MODEL_NAME}.json"
-        path.write_text(json.dumps(WORLD_MODEL_CONFIG, indent=4), encoding="utf-8")
-    open_clip.add_model_config(path)
+    if WORLD_MODEL_NAME not in open_clip.list_models():
+        open_clip.add_model_config(_CONFIG_PATH)
 
 
 def get_world_tokenizer():

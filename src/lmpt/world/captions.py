@@ -52,9 +52,9 @@ _GENERIC = ("thing", "object", "item", "shape")
 
 
 def _noun_phrase(word: str, count: int, colour: str, texture: str, rng: np.random.Generator,
-                 generic: bool = False) -> str:
-    if generic:  # the captioner does not know the name: "a red thing"
-        noun = _GENERIC[rng.integers(len(_GENERIC))]
+                 generic: bool = False, shape: str = "") -> str:
+    if generic:  # the captioner does not know the name: "a red star", "a striped thing"
+        noun = shape if shape and rng.random() < 0.7 else _GENERIC[rng.integers(len(_GENERIC))]
         adj = colour if rng.random() < 0.6 else (_TEXTURE_WORDS.get(texture, "") if rng.random() < 0.5 else "")
         if count >= 2:
             return f"{_NUMBERS.get(count, 'some')} {adj + ' ' if adj else ''}{noun}s"
@@ -83,6 +83,25 @@ def _join(parts: Sequence[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+_WEB_WORDS = ("image", "photo", "picture", "stock", "free", "download", "hd", "high", "resolution", "wallpaper",
+              "jpg", "img", "view", "close", "up", "shot", "new", "best", "cute", "my", "our", "random", "camera",
+              "daily", "post", "gallery", "file", "original", "size", "from", "the", "of", "with", "and", "this",
+              "is", "taken", "by", "2019", "2021", "via", "blog", "album", "edit", "vintage", "cool", "nice")
+_WEB_SEPARATORS = (" ", " - ", ": ", " | ", ", ")
+
+
+def web_prefix(rng: np.random.Generator, max_words: int = 18) -> str:
+    """Alt-text clutter before the description ("free hd stock photo 2019 - ..."), 2..max_words words.
+
+    Web captions often put the thing named after a run of unrelated words. Training the text encoder on
+    such captions teaches it to read a name that comes late in the sequence, as a prompt with 16 learned
+    context tokens puts it (the class name sits at position 17 and beyond).
+    """
+    n = int(rng.integers(2, max_words + 1))
+    words = [_WEB_WORDS[i] for i in rng.integers(len(_WEB_WORDS), size=n)]
+    return " ".join(words) + _WEB_SEPARATORS[rng.integers(len(_WEB_SEPARATORS))]
+
+
 def make_caption(records: Sequence[dict], scene: str, rng: np.random.Generator,
                  naming: Optional[dict[str, float]] = None,
                  confusion: Optional[dict[str, tuple[str, float]]] = None,
@@ -107,7 +126,8 @@ def make_caption(records: Sequence[dict], scene: str, rng: np.random.Generator,
     # classes by salience: total visible area, with a random tilt
     info: dict[str, dict] = {}
     for r in records:
-        d = info.setdefault(r["word"], {"count": 0, "area": 0.0, "colour": r["colour"], "texture": r["texture"]})
+        d = info.setdefault(r["word"], {"count": 0, "area": 0.0, "colour": r["colour"], "texture": r["texture"],
+                                        "shape": r.get("shape", "")})
         d["count"] += 1
         d["area"] += r["area"]
     words = sorted(info, key=lambda w: -info[w]["area"] * rng.uniform(0.6, 1.4))
@@ -127,13 +147,14 @@ def make_caption(records: Sequence[dict], scene: str, rng: np.random.Generator,
         if known and confusion and w in confusion and rng.random() < confusion[w][1]:
             name = confusion[w][0]
         phrases.append(_noun_phrase(name, info[w]["count"], info[w]["colour"], info[w]["texture"], rng,
-                                    generic=not known))
+                                    generic=not known, shape=info[w]["shape"]))
     for w in hallucinate:
         if len(phrases) < 3:
             phrases.insert(int(rng.integers(len(phrases) + 1)), _noun_phrase(w, 1, "", "", rng))
     if not phrases:
         w = chosen[0]
-        phrases.append(_noun_phrase(w, info[w]["count"], info[w]["colour"], info[w]["texture"], rng, generic=True))
+        phrases.append(_noun_phrase(w, info[w]["count"], info[w]["colour"], info[w]["texture"], rng, generic=True,
+                                    shape=info[w]["shape"]))
     scene_word = sc.name
     places, surfaces = _clean(sc.places), _clean(sc.surfaces)
     fields = {

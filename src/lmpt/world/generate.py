@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..io import atomic_path, atomic_write_json, atomic_write_text
-from .captions import make_caption
+from .captions import make_caption, web_prefix
 from .labels import LabelSet, label_matrix, lt_profile, make_spec, sample_balanced, sample_split
 from .render import IMAGE_SIZE, assign_looks, render_image
 from .vocab import PAIRS, SCENES
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["GENERATOR_VERSION", "default_sizes", "generate_world", "is_complete_world", "MARKER"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 # Per-class probability that a pretraining caption calls a mentioned object by its name (drawn
 # per class and world from this range): web captions name things unevenly.
 NAMING_RANGE = (0.4, 1.0)
@@ -48,6 +48,8 @@ NAMING_RANGE = (0.4, 1.0)
 CONFUSION_RANGE = (0.4, 0.9)
 # Probability that a pretraining caption also names an absent partner of a present class.
 HALLUCINATION = 0.25
+# Probability that a pretraining caption starts with alt-text clutter (see captions.web_prefix).
+WEB_PREFIX = 0.6
 MARKER = "world.json"
 _SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "pretrain": 4}
 _SCENE_BY_NAME = {s.name: s for s in SCENES}
@@ -105,8 +107,11 @@ def _render_chunk(task: tuple[str, int, list, dict]) -> tuple[Optional[np.ndarra
             extra = []
             if absent and rng.random() < HALLUCINATION:
                 extra = [classes[absent[rng.integers(len(absent))]]]
-            captions.append(make_caption(records, scene, rng, naming=ctx["naming"], confusion=ctx["confusion"],
-                                         hallucinate=extra))
+            text = make_caption(records, scene, rng, naming=ctx["naming"], confusion=ctx["confusion"],
+                                hallucinate=extra)
+            if rng.random() < WEB_PREFIX:
+                text = web_prefix(rng) + text
+            captions.append(text)
         else:
             captions.append(None)
         if arr is not None:

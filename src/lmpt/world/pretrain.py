@@ -174,6 +174,10 @@ def pretrain_world_clip(world_dir: Union[str, Path], out_path: Union[str, Path],
         name = model_name or WORLD_MODEL_NAME
         torch.manual_seed(seed)
         model = open_clip.create_model(name, pretrained=None)
+        if rec.get("logit_scale") is not None:  # a fixed temperature instead of a learned one
+            with torch.no_grad():
+                model.logit_scale.fill_(math.log(float(rec["logit_scale"])))
+            model.logit_scale.requires_grad_(False)
         tokenizer = get_world_tokenizer()
 
         images = np.load(world_dir / "pretrain_images.npy", mmap_mode="r")

@@ -294,7 +294,7 @@ def render_image(looks: dict[str, ClassLook], scene: Scene, objects: Sequence[st
         x0, y0 = int(round(cx - L / 2)), int(round(cy - L / 2))
         pil.paste(Image.fromarray(rgb), (x0, y0), Image.fromarray(alpha))
         records.append({"word": word, "area": float(math.pi * (r / _SS) ** 2), "colour": look.colour,
-                        "texture": look.texture})
+                        "texture": look.texture, "shape": look.shape})
 
     out = np.asarray(pil.reduce(_SS), dtype=np.float32)
     gain = rng.uniform(0.85, 1.15)
