@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from data_helpers import make_coco, make_voc, write_image
-from lmpt.data.benchmarks import BENCHMARKS, load_benchmark, readable_class_name, resolve_root
+from lmpt.data.benchmarks import BENCHMARKS, benchmark_class_names, load_benchmark, readable_class_name, resolve_root
 from lmpt.data.check import check_dataset, check_images, summarize
 from lmpt.data.dataset import MultiLabelSplit
 from lmpt.data.images import ImageListDataset, build_transform, load_image, transform_signature
@@ -69,6 +69,12 @@ def test_voc_class_names(voc_root):
     assert readable_class_name("sports ball") == "sports ball"
     with pytest.raises(ValueError):
         load_benchmark("voc-lt", voc_root, class_names="pretty")
+    assert benchmark_class_names("voc-lt") == ds.class_names
+    assert benchmark_class_names("voc-lt", "raw") == raw.class_names
+    coco = benchmark_class_names("coco-lt")
+    assert len(coco) == 80 and len(set(coco)) == 80
+    with pytest.raises(DataError, match="voc-lt"):
+        benchmark_class_names("imagenet")
 
 
 def test_coco_lt_counts(coco_root):

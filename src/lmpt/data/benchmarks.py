@@ -155,6 +155,20 @@ def _stats(folder: str) -> dict:
         raise DataError(f"resources/{folder}/class_stats.json is not valid JSON ({e}); reinstall lmpt") from None
 
 
+def benchmark_class_names(name: str, style: str = "readable") -> list[str]:
+    """The class names of a packaged benchmark (``"voc-lt"`` or ``"coco-lt"``), in label-id order.
+
+    ``style="readable"`` gives prompt-ready names ("dining table"), ``"raw"`` the reference's ("diningtable").
+    """
+    if name not in _SPECS:
+        raise DataError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+    if style not in ("readable", "raw"):
+        raise ValueError(f"style must be 'readable' or 'raw', got {style!r}")
+    spec = _SPECS[name]
+    names = _parse_class_names(spec.folder, spec.labels)
+    return [readable_class_name(n) for n in names] if style == "readable" else names
+
+
 def resolve_root(name: str, root: Union[str, Path]) -> Path:
     """The folder the benchmark's relative image paths hang from.
 
