@@ -7,15 +7,18 @@ A real CLIP text tower (random weights; memory does not depend on them), 80 COCO
 
     python bench/memory.py [--model RN50] [--classes 80] [--batch 64] [--device cpu]
 
-On the CPU the figure is the rise of the process's peak resident memory (``VmHWM``, reset before each
-measurement through ``/proc/self/clear_refs``, Linux only); on CUDA it is ``torch.cuda.max_memory_allocated``
-above what was allocated before the step. Prints one JSON line per figure.
+Each variant runs its first step in a fresh process (so memory freed by an earlier step and kept by the
+allocator cannot hide anything). On the CPU the figure is the rise of the process's peak resident memory
+(``VmHWM``, reset just before the step through ``/proc/self/clear_refs``, Linux only) above the memory after
+setup; on CUDA it is ``torch.cuda.max_memory_allocated`` above what was allocated before the step. Prints one
+JSON line per figure.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 import torch
@@ -82,7 +85,12 @@ def main() -> None:
     ap.add_argument("--caption-tokens", type=int, default=24, help="caption length L (COCO-LT captions: ~20)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variant", choices=("lmpt", "naive"), help=argparse.SUPPRESS)  # internal: one child run
     args = ap.parse_args()
+    if args.variant is None:  # parent: one fresh process per variant, then the size of one [B, C, L, D] tensor
+        for variant in ("lmpt", "naive"):
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", variant], check=True)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -118,17 +126,16 @@ def main() -> None:
         opt.step()
 
     meter = PeakMeter(device)
-    step(False)  # warm-up: allocator pools, optimizer state
-    step(True)
-    bcld = args.batch * args.classes * (L - cse.shift) * width * 4 / 2**20
-    for label, naive in (("lmpt_step", False), ("naive_cse_step", True)):
-        meter.start()
-        step(naive)
-        print(json.dumps({"figure": f"peak_memory_{label}", "mib": round(meter.peak_mib(), 1), "model": args.model,
-                          "classes": args.classes, "batch": args.batch, "cse_len": L, "prompt_len": pl.seq_len,
-                          "device": str(device)}), flush=True)
-    print(json.dumps({"figure": "size_of_one_BCLD_fp32_tensor", "mib": round(bcld, 1),
-                      "shape": [args.batch, args.classes, L - cse.shift, width]}))
+    meter.start()
+    step(args.variant == "naive")
+    label = "lmpt_step" if args.variant == "lmpt" else "naive_cse_step"
+    print(json.dumps({"figure": f"peak_memory_{label}", "mib": round(meter.peak_mib(), 1), "model": args.model,
+                      "classes": args.classes, "batch": args.batch, "cse_len": L, "prompt_len": pl.seq_len,
+                      "device": str(device)}), flush=True)
+    if args.variant == "naive":
+        bcld = args.batch * args.classes * (L - cse.shift) * width * 4 / 2**20
+        print(json.dumps({"figure": "size_of_one_BCLD_fp32_tensor", "mib": round(bcld, 1),
+                          "shape": [args.batch, args.classes, L - cse.shift, width]}))
 
 
 if __name__ == "__main__":
