@@ -78,8 +78,8 @@ class LossConfig:
     db_preset: Optional[str] = None  # voc-lt | coco-lt; default: the data set's name when it has one
     db_focal: str = "batch"  # batch (LMPT reference) | elementwise (original DB paper)
     db: dict = field(default_factory=dict)  # overrides: alpha, beta, mu, kappa, neg_scale, gamma, balance
-    cse_form: str = "hinge"  # hinge | reference
-    cse_distance: str = "mean"  # mean | sum
+    cse_form: str = "reference"  # reference | hinge (chosen on the world's validation split, README)
+    cse_distance: str = "sum"  # sum | mean
     cse_margin: float = 0.2
     cse_gamma: float = 2.0
     cse_shift: int = 2
