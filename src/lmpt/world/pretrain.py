@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..backbone import _quiet_open_clip
 from ..io import atomic_path, atomic_write_json
+from ..metrics import average_precision
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PretrainRecipe", "DEFAULT_RECIPE", "pretrain_world_clip", "zero_shot_map", "average_precision",
+__all__ = ["PretrainRecipe", "DEFAULT_RECIPE", "pretrain_world_clip", "zero_shot_map",
            "encode_images", "load_split_images", "IMAGE_MEAN", "IMAGE_STD"]
 
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's (OpenAI) defaults
@@ -46,31 +48,6 @@ DEFAULT_RECIPE = PretrainRecipe(
     eps=1e-6,
     hflip=True,
 )
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-class average precision (the area under the precision-recall steps, as scikit-learn).
-
-    ``scores`` and ``labels`` are ``[N, C]``; a class with no positive gets NaN.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels) > 0
-    out = np.full(scores.shape[1], np.nan)
-    for c in range(scores.shape[1]):
-        y = labels[:, c]
-        npos = y.sum()
-        if npos == 0:
-            continue
-        order = np.argsort(-scores[:, c], kind="mergesort")
-        s, yy = scores[order, c], y[order]
-        # group ties: precision/recall are evaluated at the end of each tied block
-        last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-        tp = np.cumsum(yy)[last]
-        fp = (last + 1) - tp
-        precision = tp / (tp + fp)
-        recall = tp / npos
-        out[c] = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    return out
 
 
 def load_split_images(world_dir: Union[str, Path], split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -173,7 +150,8 @@ def pretrain_world_clip(world_dir: Union[str, Path], out_path: Union[str, Path],
         register_world_models()
         name = model_name or WORLD_MODEL_NAME
         torch.manual_seed(seed)
-        model = open_clip.create_model(name, pretrained=None)
+        with _quiet_open_clip():  # random init is the point here
+            model = open_clip.create_model(name, pretrained=None)
         if rec.get("logit_scale") is not None:  # a fixed temperature instead of a learned one
             with torch.no_grad():
                 model.logit_scale.fill_(math.log(float(rec["logit_scale"])))
