@@ -1,0 +1,106 @@
+"""Why prompt tuning does not beat zero-shot on the generated world: a few measurements on its validation split.
+
+1. chance level: mAP of scores independent of the image;
+2. zero-shot (the simple template, cosine logits);
+3. linear heads on the frozen, normalised image features, trained on the train split (full batch, Adam, 300
+   steps, BCE), initialised at the zero-shot class features: (a) normalised class vectors at the CLIP logit
+   scale and no bias (what a prompt can at best express), (b) the same plus a per-class bias, (c) a free
+   linear layer with bias and positive re-weighting (a standard linear probe);
+4. the effective rank (exp of the entropy of the normalised squared singular values) of the class text
+   features: the 20 zero-shot prompts, and 200 random contexts for one class (the directions a prompt can reach).
+
+    python bench/world_diagnosis.py [--cache-dir DIR] [--classes 20]
+
+Prints one JSON line per figure (mAP in %, sigmoid-free: scores are the logits).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from lmpt.engine.config import load_config  # noqa: E402
+from lmpt.engine.data import load_dataset, prepare  # noqa: E402
+from lmpt.metrics import average_precision  # noqa: E402
+from lmpt.model import PromptCLIP  # noqa: E402
+from lmpt.zeroshot import zeroshot_text_features  # noqa: E402
+
+
+def emit(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def map_pct(scores: torch.Tensor, labels: np.ndarray) -> float:
+    return round(100 * float(np.nanmean(average_precision(scores.detach().numpy(), labels))), 1)
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    s = torch.linalg.svdvals(features - features.mean(0))
+    p = s ** 2 / (s ** 2).sum()
+    return round(float(torch.exp(-(p * torch.log(p + 1e-12)).sum())), 1)
+
+
+def train_head(x: torch.Tensor, y: torch.Tensor, init: torch.Tensor, scale: float, normalise: bool, bias: bool,
+               pos_weight: bool, steps: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    w = (init * (1.0 if normalise else scale)).clone().requires_grad_(True)
+    b = torch.zeros(len(init), requires_grad=True)
+    opt = torch.optim.Adam([w, b] if bias else [w], lr=1e-2)
+    pw = ((len(y) - y.sum(0)) / y.sum(0).clamp_min(1)) if pos_weight else None
+    for _ in range(steps):
+        weights = F.normalize(w, dim=-1) * scale if normalise else w
+        loss = F.binary_cross_entropy_with_logits(x @ weights.t() + (b if bias else 0), y, pos_weight=pw)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return (F.normalize(w, dim=-1) * scale if normalise else w), (b if bias else torch.zeros_like(b))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache-dir", default=None, help="where the world lives (default: lmpt's cache)")
+    ap.add_argument("--classes", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    overrides = ["run.progress=false", f"data.world_classes={args.classes}"]
+    if args.cache_dir:
+        overrides.append(f"data.cache_dir={args.cache_dir}")
+    cfg = load_config("world", overrides)
+    prepared = prepare(cfg, loaded=load_dataset(cfg))
+    ds = prepared.dataset
+    x = F.normalize(prepared.features["train"][:, 0].float(), dim=-1)
+    y = torch.as_tensor(ds.train.labels).float()
+    xv = F.normalize(prepared.features["val"][:, 0].float(), dim=-1)
+    yv = np.asarray(ds.val.labels)
+    backbone = prepared.backbone
+    scale = float(backbone.model.logit_scale.exp())
+
+    emit(figure="chance_val_mAP", value=round(100 * float(yv.mean(0).mean()), 1),
+         note="mean positive rate per class: the AP of image-independent scores")
+    t0 = zeroshot_text_features(backbone, ds.class_names, "simple")
+    emit(figure="zeroshot_val_mAP", value=map_pct(xv @ t0.t(), yv), logit_scale=round(scale, 2))
+    for name, normalise, bias, pw in (("normalised_no_bias", True, False, False),
+                                      ("normalised_with_bias", True, True, False),
+                                      ("linear_probe_bias_posweight", False, True, True)):
+        w, b = train_head(x, y, t0, scale, normalise, bias, pw)
+        emit(figure=f"head_{name}", train_mAP=map_pct(x @ w.t() + b, y.numpy()), val_mAP=map_pct(xv @ w.t() + b, yv))
+
+    with torch.no_grad():
+        one = PromptCLIP(backbone, [ds.class_names[0]] * 200)
+        one.prompt_learner.ctx.normal_(0, 0.05)
+        reach = F.normalize(one.encode_text(normalize=False), dim=-1)
+    emit(figure="effective_rank_class_prompts", value=effective_rank(t0), of=len(t0), dim=int(t0.shape[1]))
+    emit(figure="effective_rank_one_class_200_random_contexts", value=effective_rank(reach), dim=int(t0.shape[1]))
+
+
+if __name__ == "__main__":
+    main()
