@@ -6,7 +6,9 @@
    steps, BCE), initialised at the zero-shot class features: (a) normalised class vectors at the CLIP logit
    scale and no bias (what a prompt can at best express), (b) the same plus a per-class bias, (c) a free
    linear layer with bias and positive re-weighting (a standard linear probe);
-4. the effective rank (exp of the entropy of the normalised squared singular values) of the class text
+4. the same heads (a) and (c) trained on the 12,000 balanced pretraining images instead: what the
+   features allow when data is plentiful and balanced;
+5. the effective rank (exp of the entropy of the normalised squared singular values) of the class text
    features: the 20 zero-shot prompts, and 200 random contexts for one class (the directions a prompt can reach).
 
     python bench/world_diagnosis.py [--cache-dir DIR] [--classes 20]
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,6 +96,20 @@ def main() -> None:
                                       ("linear_probe_bias_posweight", False, True, True)):
         w, b = train_head(x, y, t0, scale, normalise, bias, pw)
         emit(figure=f"head_{name}", train_mAP=map_pct(x @ w.t() + b, y.numpy()), val_mAP=map_pct(xv @ w.t() + b, yv))
+
+    world = prepared.world
+    if world is not None:
+        from lmpt.world.pretrain import encode_images
+
+        images = np.load(Path(world.root) / "pretrain_images.npy", mmap_mode="r")
+        labels = torch.as_tensor(np.load(Path(world.root) / "pretrain_labels.npy")).float()
+        with torch.no_grad():
+            xp = encode_images(backbone.model, images).float()
+        for name, normalise, bias, pw in (("normalised_no_bias", True, False, False),
+                                          ("linear_probe_bias_posweight", False, True, True)):
+            w, b = train_head(xp, labels, t0, scale, normalise, bias, pw)
+            emit(figure=f"head_{name}_on_balanced_pretraining_corpus", images=len(xp),
+                 val_mAP=map_pct(xv @ w.t() + b, yv))
 
     with torch.no_grad():
         one = PromptCLIP(backbone, [ds.class_names[0]] * 200)
