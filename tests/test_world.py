@@ -276,3 +276,30 @@ def test_incomplete_world_is_regenerated(tmp_path):
     info = build_world(**kw)
     assert info.generated and is_complete_world(root)
     assert _read_jsonl(root / "train.jsonl")[0]["image"].startswith("images/train/")
+
+
+def test_demo_writes_summary(tmp_path):
+    """``lmpt demo`` end to end on a tiny world: summary.json in the documented shape, report files."""
+    from lmpt.engine.demo import DEMO_METHODS, run_demo
+
+    out = tmp_path / "demo"
+    summary = run_demo(out, quick=True, cache_dir=str(tmp_path / "cache"), device="cpu", seeds="0,1",
+                       overrides=["optim.epochs=2", "run.progress=false"],
+                       world_options={"scale": 0.1, "sizes": {"val": 40, "test": 60, "pretrain": 128},
+                                      "pretrain_steps": 2})
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert set(on_disk["methods"]) == set(DEMO_METHODS) == {"zeroshot", "coop", "coop-db", "lmpt"}
+    for name, groups in on_disk["methods"].items():
+        for g in ("total", "head", "medium", "tail"):
+            mean, std = groups[g]["mean"], groups[g]["std"]
+            assert mean is None or 0.0 <= mean <= 1.0, (name, g, mean)  # None: no class in the group
+            assert std is None or std >= 0.0
+        assert groups["total"]["mean"] is not None
+    assert on_disk["methods"]["zeroshot"]["total"]["std"] == 0.0  # one run: nothing to vary
+    assert "NaN" not in (out / "summary.json").read_text()  # strict JSON
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert runs == sorted(["zeroshot"] + [f"{m}-seed{s}" for m in ("coop", "coop-db", "lmpt") for s in (0, 1)])
+    text = (out / "summary.md").read_text()
+    assert "| lmpt |" in text and "selection: last" in text
+    assert (out / "README.md").is_file() and (out / "summary.png").is_file()
+    assert summary["timing"]["total_s"] > 0

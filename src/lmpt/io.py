@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -46,8 +47,22 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write ``obj`` as indented, strict JSON to ``path`` atomically (NaN and infinities become ``null``)."""
+    text = json.dumps(_finite_or_none(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (e.g. the mAP of an empty class group) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _finite_or_none(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

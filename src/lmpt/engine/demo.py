@@ -33,8 +33,13 @@ def _say(text: str) -> None:
 
 def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world_seed: int = 0,
              num_classes: int = 20, seeds: Optional[Union[str, Sequence[int]]] = None,
-             cache_dir: Optional[str] = None, device: str = "auto", overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Run the demo and return the summary (also written to ``out_dir/summary.json``)."""
+             cache_dir: Optional[str] = None, device: str = "auto", overrides: Sequence[str] = (),
+             world_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Run the demo and return the summary (also written to ``out_dir/summary.json``).
+
+    ``world_options`` (``scale``, ``sizes``, ``pretrain_steps``) replace the world's size settings, for tests
+    and smoke runs; ``overrides`` are config overrides (``optim.epochs=2``).
+    """
     from ..world import build_world, load_world_dataset
 
     t_start = time.perf_counter()
@@ -59,6 +64,7 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     kwargs: dict[str, Any] = {}
     if quick:
         kwargs = {"scale": QUICK["scale"], "sizes": QUICK["sizes"], "pretrain_steps": QUICK["pretrain_steps"]}
+    kwargs.update(world_options or {})
     world = build_world(cache_dir=cfg.data.cache_dir, num_classes=num_classes, seed=world_seed, progress=True, **kwargs)
     dataset = load_world_dataset(world)
     t_world = time.perf_counter() - t0
@@ -114,6 +120,10 @@ def _write_demo_readme(out: Path, summary: dict[str, Any], quick: bool) -> None:
         "reproduce the paper's numbers, which need OpenAI CLIP weights and the VOC-LT / COCO-LT images.",
         "",
         "See `summary.md` for the table, `summary.json` for the numbers, one folder per run for its report.",
+        "",
+        "Read the zero-shot row with care: on this world the small CLIP's zero-shot is not beaten by prompt",
+        "tuning, because its 3-minute text tower leaves prompts little room to move the class features (the",
+        "project README, section 'The offline benchmark', has the measurements; `bench/world_diagnosis.py`).",
     ]
     if quick:
         text += ["", "**--quick**: a smaller world, a short pretraining and one seed: a smoke test, not a result."]
