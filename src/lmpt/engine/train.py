@@ -241,6 +241,10 @@ class PromptTrainer:
         out["loss"].backward()
         self.shard.all_reduce_grads(self.params)
         optimizer.step()
+        return self.stats_row(out)
+
+    def stats_row(self, out: dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+        """``[loss, cls, cse]`` of one step as a detached tensor (cse 0 without a CSE loss)."""
         cse = out["cse"] if out["cse"] is not None else torch.zeros((), device=self.device)
         return torch.stack([out["loss"].detach(), out["cls"].detach(), cse.detach()])
 
@@ -316,8 +320,7 @@ class GraphedStep:
             p.grad.zero_()
         out = self.trainer.loss(idx, flip)
         out["loss"].backward()
-        cse = out["cse"] if out["cse"] is not None else torch.zeros((), device=idx.device)
-        return torch.stack([out["loss"].detach(), out["cls"].detach(), cse.detach()])
+        return self.trainer.stats_row(out)
 
     def __call__(self, idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         graph, s_idx, s_flip, stats = self.graphs[idx.shape[0]]
