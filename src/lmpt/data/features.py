@@ -197,6 +197,7 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
     out = torch.empty(stop - start, 2 if flips else 1, backbone.embed_dim)
     done = 0
     pending: list[torch.Tensor] = []
+    n_pending = 0
 
     def encode(images: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(images).to(device, non_blocking=True)
@@ -209,16 +210,15 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
 
     for _, images in _reraise_data_errors(loader):
         while images.shape[0]:
-            take = min(images.shape[0], (stop - start) - done - sum(p.shape[0] for p in pending))
+            take = min(images.shape[0], (stop - start) - done - n_pending)
             pending.append(images[:take])
+            n_pending += take
             images = images[take:]
-            filled = done + sum(p.shape[0] for p in pending)
-            if sum(p.shape[0] for p in pending) >= batch_size or filled == stop - start:
-                feats = encode(pending)
-                out[done:done + feats.shape[0]] = feats
-                done += feats.shape[0]
-                bar.update(feats.shape[0])
-                pending = []
+            if n_pending >= batch_size or done + n_pending == stop - start:
+                out[done:done + n_pending] = encode(pending)
+                done += n_pending
+                bar.update(n_pending)
+                pending, n_pending = [], 0
             if done == stop - start:
                 _save_tensor(folder / f"chunk-{idx:05d}.safetensors", out)
                 nxt = next(chunk_iter, None)
