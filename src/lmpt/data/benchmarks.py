@@ -160,13 +160,14 @@ def benchmark_class_names(name: str, style: str = "readable") -> list[str]:
 
     ``style="readable"`` gives prompt-ready names ("dining table"), ``"raw"`` the reference's ("diningtable").
     """
-    if name not in _SPECS:
-        raise DataError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+    spec = _SPECS[canonical_name(name)]
+    return _styled_names(_parse_class_names(spec.folder, spec.labels), style)
+
+
+def _styled_names(raw_names: list[str], style: str) -> list[str]:
     if style not in ("readable", "raw"):
-        raise ValueError(f"style must be 'readable' or 'raw', got {style!r}")
-    spec = _SPECS[name]
-    names = _parse_class_names(spec.folder, spec.labels)
-    return [readable_class_name(n) for n in names] if style == "readable" else names
+        raise ValueError(f"class_names must be 'readable' or 'raw', got {style!r}")
+    return [readable_class_name(n) for n in raw_names] if style == "readable" else list(raw_names)
 
 
 def resolve_root(name: str, root: Union[str, Path]) -> Path:
@@ -221,8 +222,7 @@ def load_benchmark(name: str, root: Union[str, Path], val_fraction: float = 0.0,
     reference's names. Train captions go with the train (and val) split; test has none.
     Image files are not opened here (see :func:`lmpt.data.check.check_dataset`).
     """
-    if class_names not in ("readable", "raw"):
-        raise ValueError(f"class_names must be 'readable' or 'raw', got {class_names!r}")
+    _styled_names([], class_names)  # a bad style fails before any file is read
     key = canonical_name(name)
     spec = _SPECS[key]
     base = resolve_root(key, root)
@@ -249,7 +249,7 @@ def load_benchmark(name: str, root: Union[str, Path], val_fraction: float = 0.0,
     if val_fraction:
         train, val = split_train_val(train, val_fraction, seed)
 
-    names = [readable_class_name(n) for n in raw_names] if class_names == "readable" else list(raw_names)
+    names = _styled_names(raw_names, class_names)
     meta = {
         "benchmark": key,
         "source": "richard-peng-xia/LMPT @ aab39ca (Apache-2.0); see lmpt/data/resources/"
