@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..backbone import _quiet_open_clip
 from ..io import atomic_path, atomic_write_json
 from ..metrics import average_precision
+from . import _read_jsonl_split
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +55,12 @@ def load_split_images(world_dir: Union[str, Path], split: str) -> tuple[np.ndarr
     """Images ``[N, 64, 64, 3]`` uint8, labels ``[N, C]`` and class names of a world split."""
     world_dir = Path(world_dir)
     classes = (world_dir / "classes.txt").read_text(encoding="utf-8").split()
-    index = {c: i for i, c in enumerate(classes)}
-    imgs, ys = [], []
-    with open(world_dir / f"{split}.jsonl", encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            with Image.open(world_dir / rec["image"]) as im:
-                imgs.append(np.asarray(im.convert("RGB")))
-            y = np.zeros(len(classes), np.uint8)
-            y[[index[c] for c in rec["labels"]]] = 1
-            ys.append(y)
-    return np.stack(imgs), np.stack(ys), classes
+    data = _read_jsonl_split(world_dir / f"{split}.jsonl", world_dir, split, classes)
+    imgs = []
+    for path in data.paths:
+        with Image.open(path) as im:
+            imgs.append(np.asarray(im.convert("RGB")))
+    return np.stack(imgs), data.labels, classes
 
 
 def _to_input(batch_u8: torch.Tensor) -> torch.Tensor:
