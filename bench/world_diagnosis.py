@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from lmpt.engine.config import load_config  # noqa: E402
 from lmpt.engine.data import load_dataset, prepare  # noqa: E402
-from lmpt.metrics import average_precision  # noqa: E402
+from lmpt.metrics import average_precision, scores_from_logits  # noqa: E402
 from lmpt.model import PromptCLIP  # noqa: E402
 from lmpt.zeroshot import zeroshot_text_features  # noqa: E402
 
@@ -42,13 +42,15 @@ def emit(**fields) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def map_pct(scores: torch.Tensor, labels: np.ndarray) -> float:
-    return round(100 * float(np.nanmean(average_precision(scores.detach().numpy(), labels))), 1)
+def map_pct(scores, labels: np.ndarray) -> float:
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().numpy()
+    return round(100 * float(np.nanmean(average_precision(scores, labels))), 1)
 
 
 def soft_pct(logits: torch.Tensor, labels: np.ndarray) -> float:
     """mAP of softmax-over-classes scores (the reference's protocol)."""
-    return map_pct(torch.softmax(logits, dim=1), labels)
+    return map_pct(scores_from_logits(logits.detach().numpy(), "softmax"), labels)
 
 
 def effective_rank(features: torch.Tensor) -> float:
