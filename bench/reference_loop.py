@@ -62,7 +62,7 @@ def reference_style_run(cfg: Config, prepared: Prepared, epochs: int, device: to
             with torch.no_grad():
                 img = F.normalize(model.clip.encode_image(images).float(), dim=-1)
             prompts = pl(full)
-            text = F.normalize(encode_token_embeddings(model.clip, prompts, pl.eot).float(), dim=-1)
+            text = F.normalize(encode_token_embeddings(model.clip, prompts, pl.eot, eot_only=False).float(), dim=-1)
             logits = scale * img @ text.t()
             y = labels[idx].to(device)
             if cap_emb is not None:
@@ -88,7 +88,7 @@ def _reference_test_eval(model, paths, labels, transform, full, scale, device, b
     for start in range(0, len(paths), bs):
         images = torch.stack([transform(load_image(p)) for p in paths[start:start + bs]]).to(device)
         img = F.normalize(model.clip.encode_image(images).float(), dim=-1)
-        text = F.normalize(encode_token_embeddings(model.clip, pl(full), pl.eot).float(), dim=-1)  # every batch
+        text = F.normalize(encode_token_embeddings(model.clip, pl(full), pl.eot, eot_only=False).float(), dim=-1)  # every batch
         scores.append(torch.softmax(scale * img @ text.t(), dim=1).cpu())
     ap = average_precision(torch.cat(scores).numpy(), labels)
     return float(np.nanmean(ap))

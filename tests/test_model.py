@@ -33,6 +33,27 @@ def test_truncated_text_encoding_equals_full_length(tiny_backbone):
     torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
 
 
+def test_eot_only_last_block_equals_full_transformer(tiny_backbone):
+    """The EOT-only last block gives the features and the context gradient of the full pass."""
+    from lmpt.prompts import _plain_blocks
+
+    assert _plain_blocks(tiny_backbone.model.transformer) is not None  # the fast path is the one tested
+    torch.manual_seed(0)
+    model = PromptCLIP(tiny_backbone, NAMES)
+    pl = model.prompt_learner
+    assert len(set(pl.eot.tolist())) > 1  # prompts of different lengths: per-prompt masks matter
+    with torch.no_grad():
+        pl.ctx.normal_(0, 0.5)
+    grads = []
+    for eot_only in (True, False):
+        feats = encode_token_embeddings(model.clip, pl(), pl.eot, eot_only=eot_only)
+        pl.ctx.grad = None
+        (feats * torch.linspace(-1, 1, feats.shape[1])).sum().backward()
+        grads.append((feats.detach(), pl.ctx.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-6, rtol=1e-4)
+
+
 def test_prompt_features_match_open_clip_encode_text(tiny_backbone):
     """With the context set to the embedding of 'X', the prompt path equals CLIP's own text path."""
     model = PromptCLIP(tiny_backbone, NAMES)

@@ -39,20 +39,64 @@ def eot_positions(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.argmax(dim=-1)
 
 
-def encode_token_embeddings(clip_model: nn.Module, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+def _plain_blocks(transformer: nn.Module) -> Optional[list[nn.Module]]:
+    """open_clip's standard pre-norm blocks (batch-first, self-attention), else None."""
+    try:
+        from open_clip.transformer import ResidualAttentionBlock
+    except ImportError:  # pragma: no cover - open_clip is a dependency
+        return None
+    blocks = list(getattr(transformer, "resblocks", []))
+    if (not blocks or not getattr(transformer, "batch_first", False) or getattr(transformer, "grad_checkpointing", False)
+            or torch.jit.is_scripting()):
+        return None
+    for blk in blocks:
+        if (type(blk) is not ResidualAttentionBlock or hasattr(blk, "ln_1_kv")
+                or not isinstance(blk.attn, nn.MultiheadAttention) or not blk.attn.batch_first):
+            return None
+    return blocks
+
+
+def _last_block_at(blk: nn.Module, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """The last residual block evaluated only at the EOT rows: ``x [N, L, W]`` -> ``[N, W]``.
+
+    Keys and values still come from every position (up to each prompt's EOT, as the causal mask allows);
+    queries, the output projection and the MLP run on one token per prompt instead of ``L``.
+    """
+    n, length, _ = x.shape
+    rows = torch.arange(n, device=x.device)
+    h = blk.ln_1(x)
+    q = h[rows, eot].unsqueeze(1)
+    pos = torch.arange(length, device=x.device)
+    mask = torch.zeros(n, length, dtype=x.dtype, device=x.device)
+    mask = mask.masked_fill(pos[None, :] > eot[:, None], float("-inf"))
+    mask = mask.repeat_interleave(blk.attn.num_heads, dim=0).unsqueeze(1)  # [N * heads, 1, L]
+    out = x[rows, eot] + blk.ls_1(blk.attn(q, h, h, need_weights=False, attn_mask=mask)[0].squeeze(1))
+    return out + blk.ls_2(blk.mlp(blk.ln_2(out)))
+
+
+def encode_token_embeddings(clip_model: nn.Module, x: torch.Tensor, eot: torch.Tensor,
+                            eot_only: bool = True) -> torch.Tensor:
     """Run CLIP's text transformer on token embeddings ``x [N, L, width]`` and pool at ``eot [N]``.
 
     ``L`` may be shorter than the context length (positions after every EOT are dropped); the causal
-    mask is sliced to ``[L, L]``. Returns unnormalised text features ``[N, embed_dim]``.
+    mask is sliced to ``[L, L]``. With ``eot_only`` (default) and open_clip's standard blocks, the last
+    block runs its queries and MLP at the EOT rows only, the one output that is read: the same
+    features for a fraction of that block's work. Returns unnormalised text features ``[N, embed_dim]``.
     """
     length = x.shape[1]
     cast = clip_model.transformer.get_cast_dtype() if hasattr(clip_model.transformer, "get_cast_dtype") else x.dtype
     x = x.to(cast) + clip_model.positional_embedding[:length].to(cast)
     mask = clip_model.attn_mask
     mask = mask[:length, :length] if mask is not None else None
-    x = clip_model.transformer(x, attn_mask=mask)
+    blocks = _plain_blocks(clip_model.transformer) if eot_only else None
+    if blocks is None:
+        x = clip_model.transformer(x, attn_mask=mask)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+    else:
+        for blk in blocks[:-1]:
+            x = blk(x, attn_mask=mask)
+        x = _last_block_at(blocks[-1], x, eot)
     x = clip_model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot]
     proj = clip_model.text_projection
     if proj is None:
         return x
