@@ -89,8 +89,9 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD and the learning-rate schedule (the reference: lr 5e-4, momentum 0.9, wd 1e-4, batch 64, 50 epochs)."""
+    """Optimizer and learning-rate schedule (the reference: SGD, lr 5e-4, momentum 0.9, wd 1e-4, batch 64, 50 epochs)."""
 
+    name: str = "sgd"  # sgd (reference) | adam | adamw (momentum is then Adam's beta1)
     lr: float = 5e-4
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -316,6 +317,7 @@ def validate(cfg: Config) -> None:
     _choice(cfg.loss.db_focal, ("batch", "elementwise"), "loss.db_focal")
     _choice(cfg.loss.cse_form, ("hinge", "reference"), "loss.cse_form")
     _choice(cfg.loss.cse_distance, ("mean", "sum"), "loss.cse_distance")
+    _choice(cfg.optim.name, ("sgd", "adam", "adamw"), "optim.name")
     _choice(cfg.optim.schedule, ("plateau", "cosine", "constant"), "optim.schedule")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import random
 import time
 import warnings
@@ -35,7 +34,7 @@ from ..losses import ClassSpecificEmbeddingLoss, LMPTLoss, build_classification_
 from ..model import PromptCLIP
 from ..prompts import PromptConfig, cse_length, encode_token_embeddings
 from .checkpoint import PROMPT_FILE, STATE_FILE, load_state, save_prompt, save_state
-from .config import Config, resolve_method
+from .config import Config, OptimConfig, resolve_method
 from .data import Prepared, caption_embeddings, prepare, resolve_device
 from .evaluate import headline, logits_from_features, per_class_rows, split_metrics
 
@@ -331,6 +330,14 @@ class GraphedStep:
         return stats.clone()
 
 
+def build_optimizer(o: OptimConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """SGD with momentum (the reference), or Adam/AdamW with ``momentum`` as beta1."""
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
+
+
 def _make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, has_val: bool):
     o = cfg.optim
     if o.schedule == "cosine":
@@ -437,7 +444,7 @@ def _train(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.device,
     o = cfg.optim
     main = dist_utils.is_main()
     trainer = PromptTrainer(cfg, prepared, device)
-    optimizer = torch.optim.SGD(trainer.params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    optimizer = build_optimizer(o, trainer.params)
     has_val = prepared.features.get("val") is not None
     if cfg.run.select == "val" and not has_val:
         raise ConfigError("run.select=val but this data set has no validation split (data.val_fraction=0?)")
