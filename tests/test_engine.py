@@ -210,3 +210,19 @@ def test_zeroshot_run(tiny_data, tmp_path):
     result = train(_cfg(tiny_data, tmp_path, **{"run.method": "zeroshot", "run.name": "zs"}))
     assert result.history == [] and "zero-shot" in result.metrics["selection"]
     assert (result.run_dir / "metrics.json").is_file() and not (result.run_dir / "prompt.safetensors").exists()
+
+
+def test_optimizer_choice():
+    from lmpt.engine.config import Config
+    from lmpt.engine.train import build_optimizer
+    from lmpt.errors import ConfigError
+
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    cfg = load_config("world", ["optim.name=adam", "optim.lr=1e-3", "optim.momentum=0.8"])
+    opt = build_optimizer(cfg.optim, p)
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["betas"] == (0.8, 0.999)
+    assert opt.defaults["lr"] == 1e-3
+    assert isinstance(build_optimizer(Config().optim, p), torch.optim.SGD)  # the reference's default
+    assert type(build_optimizer(load_config("world", ["optim.name=adamw"]).optim, p)) is torch.optim.AdamW
+    with pytest.raises(ConfigError, match="optim.name"):
+        load_config("world", ["optim.name=adagrad"])
