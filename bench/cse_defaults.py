@@ -55,36 +55,24 @@ def gradient_norms(cfg, prepared) -> dict[str, float]:
     return {"grad_cls": g_cls, "grad_cse": g_cse, "cse_value": float(out["cse"].detach())}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="0")
-    ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--cache-dir", default=None, help="where the world lives (default: lmpt's cache)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="two variants, for a smoke test")
-    ap.add_argument("--focus", action="store_true",
-                    help="only the finalists (run them with --seeds 0,1,2): lam 0.2 with hinge/mean and "
-                         "reference/sum, reference/sum at lam 0.5, and the coop-db control at lr 1e-4")
-    args = ap.parse_args()
+def setup_world(args: argparse.Namespace, prefix: str, extra: list[str] = ()) -> tuple[list[str], object]:
+    """Base overrides (last-epoch selection, runs in a temporary folder) and the world's prepared data."""
     torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="lmpt-cse-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     base = ["run.progress=false", "run.device=cpu", f"optim.epochs={args.epochs}", f"run.output_dir={work}",
-            "run.select=last"]
+            "run.select=last", *extra]
     if args.cache_dir:
         base.append(f"data.cache_dir={args.cache_dir}")
     cfg0 = load_config("world", base)
-    loaded = load_dataset(cfg0)
-    prepared = prepare(cfg0, loaded=loaded)
+    return base, prepare(cfg0, loaded=load_dataset(cfg0))
 
-    rows = []
-    specs = [{"run.method": m} for m in BASELINES] + list(CONTROLS) + \
-        [dict(v, **{"run.method": "lmpt"}) for v in variants(args.quick)]
-    if args.focus:
-        specs = [CONTROLS[1]] + [{"run.method": "lmpt", "loss.cse_form": f, "loss.cse_distance": d, "loss.lam": lam,
-                                  "loss.cse_margin": 0.2}
-                                 for f, d, lam in (("hinge", "mean", 0.2), ("reference", "sum", 0.2),
-                                                   ("reference", "sum", 0.5))]
+
+def run_specs(specs: list[dict], seeds: list[int], base: list[str], prepared) -> list[dict]:
+    """One 50-epoch world run per spec x seed; the last epoch's validation mAP (%), printed as JSON lines.
+
+    ``lmpt`` runs also get the initial gradient norms of their two loss terms (:func:`gradient_norms`).
+    """
+    rows: list[dict] = []
     for spec in specs:
         for seed in seeds:
             overrides = base + [f"{k}={v}" for k, v in spec.items()] + [f"run.seed={seed}",
@@ -97,12 +85,46 @@ def main() -> None:
                 row.update({k: float(f"{v:.3g}") for k, v in gradient_norms(resolve_method(cfg), prepared).items()})
             rows.append(row)
             print(json.dumps(row), flush=True)
+    return rows
+
+
+def mean_row(rows: list[dict], spec: dict) -> dict[str, float]:
+    """Mean validation mAP of ``spec``'s runs over seeds."""
+    mine = [r for r in rows if r["variant"] == spec]
+    return {k: sum(r[k] for r in mine) / len(mine) for k in ("total", "head", "medium", "tail")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--cache-dir", default=None, help="where the world lives (default: lmpt's cache)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="two variants, for a smoke test")
+    ap.add_argument("--focus", action="store_true",
+                    help="only the finalists (run them with --seeds 0,1,2): lam 0.2 with hinge/mean and "
+                         "reference/sum, reference/sum at lam 0.5, and the coop-db control at lr 1e-4")
+    ap.add_argument("--kappa", type=float, default=0.05,
+                    help="the DB loss's init-bias scale for every run (0.05, the reference's, is what the "
+                         "README's CSE comparison used; the world config now sets its own, see bench/db_bias.py)")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base, prepared = setup_world(args, "lmpt-cse-", [f"loss.db={{kappa: {args.kappa}}}"])
+
+    specs = [{"run.method": m} for m in BASELINES] + list(CONTROLS) + \
+        [dict(v, **{"run.method": "lmpt"}) for v in variants(args.quick)]
+    if args.focus:
+        specs = [CONTROLS[1]] + [{"run.method": "lmpt", "loss.cse_form": f, "loss.cse_distance": d, "loss.lam": lam,
+                                  "loss.cse_margin": 0.2}
+                                 for f, d, lam in (("hinge", "mean", 0.2), ("reference", "sum", 0.2),
+                                                   ("reference", "sum", 0.5))]
+    rows = run_specs(specs, seeds, base, prepared)
 
     print("\n| method | lr | form | distance | lam | margin | val total | head | medium | tail | grad DB | grad CSE |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for spec in specs:
         mine = [r for r in rows if r["variant"] == spec]
-        mean = {k: sum(r[k] for r in mine) / len(mine) for k in ("total", "head", "medium", "tail")}
+        mean = mean_row(rows, spec)
         g = (f"{mine[0]['grad_cls']:.3g} | {mine[0]['grad_cse']:.2g}" if "grad_cls" in mine[0] else "– | –")
         print(f"| {spec['run.method']} | {spec.get('optim.lr', 5e-4):g} | {spec.get('loss.cse_form', '–')} | "
               f"{spec.get('loss.cse_distance', '–')} | "

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from lmpt.engine.checkpoint import load_prompt
-from lmpt.engine.config import load_config
+from lmpt.engine.config import load_config, resolve_method
 from lmpt.engine.data import prepare
 from lmpt.engine.inference import evaluate_run, load_run, predict_images
 from lmpt.engine.sweep import run_sweep
@@ -226,3 +226,20 @@ def test_optimizer_choice():
     assert type(build_optimizer(load_config("world", ["optim.name=adamw"]).optim, p)) is torch.optim.AdamW
     with pytest.raises(ConfigError, match="optim.name"):
         load_config("world", ["optim.name=adagrad"])
+
+
+def test_db_overrides_merge_into_the_preset(tiny_data, tmp_path):
+    """`loss.db` keys override the preset's one by one (the world config sets only kappa)."""
+    from lmpt.engine.train import build_loss
+
+    cfg = _cfg(tiny_data, tmp_path, **{"loss.db_preset": "voc-lt", "loss.db": "{kappa: 7.0}",
+                                       "run.method": "coop-db"})
+    cfg = resolve_method(cfg)
+    prepared = prepare(cfg)
+    cls = build_loss(cfg, prepared).cls_loss
+    assert (cls.kappa, cls.mu, cls.neg_scale) == (7.0, 0.3, 5.0)
+    counts = prepared.dataset.train.class_counts.astype(np.float64)
+    n = len(prepared.dataset.train)
+    expected = -np.log(n / counts - 1.0) * 7.0 / 5.0
+    np.testing.assert_allclose(cls.init_bias.numpy(), expected, rtol=1e-5)
+    assert load_config("world").loss.db.get("kappa") is not None  # the world config chooses its own
