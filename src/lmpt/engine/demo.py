@@ -121,9 +121,9 @@ def _write_demo_readme(out: Path, summary: dict[str, Any], quick: bool) -> None:
         "",
         "See `summary.md` for the table, `summary.json` for the numbers, one folder per run for its report.",
         "",
-        "Read the zero-shot row with care: on this world, prompt tuning on the long-tailed train split does not",
-        "beat the small CLIP's zero-shot, while prompt tuning on as many class-balanced images does, by about 17",
-        "points: the long tail, not the small text encoder, holds the methods back (the project README, section",
+        "Read the zero-shot row with care: on this world, prompt tuning on the long-tailed train split at best",
+        "matches the small CLIP's zero-shot, while prompt tuning on as many class-balanced images beats it by about",
+        "17 points: the long tail, not the small text encoder, holds the methods back (the project README, section",
         "'The offline benchmark', has the measurements; `bench/world_diagnosis.py`).",
     ]
     if quick:
