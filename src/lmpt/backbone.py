@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from .data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .errors import ConfigError, UserError
 
 logger = logging.getLogger(__name__)
@@ -310,8 +311,8 @@ def create_clip(
     pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     image_size = model.visual.image_size
     image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
-    mean = tuple(float(x) for x in pcfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
-    std = tuple(float(x) for x in pcfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
+    mean = tuple(float(x) for x in pcfg.get("mean", OPENAI_CLIP_MEAN))
+    std = tuple(float(x) for x in pcfg.get("std", OPENAI_CLIP_STD))
     source = weights.source if weights is not None else (pretrained or None)
     fingerprint = state_dict_fingerprint(model, f"{arch}|quick_gelu={use_qg}")
     logger.info("backbone %s (quick_gelu=%s) weights=%s fingerprint=%s", arch, use_qg, source or "random", fingerprint)

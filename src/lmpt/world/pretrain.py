@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..backbone import _quiet_open_clip
+from ..data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..io import atomic_path, atomic_write_json
 from ..metrics import average_precision
 from . import _read_jsonl_split
@@ -30,8 +31,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["PretrainRecipe", "DEFAULT_RECIPE", "pretrain_world_clip", "zero_shot_map",
            "encode_images", "load_split_images", "IMAGE_MEAN", "IMAGE_STD"]
 
-IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's (OpenAI) defaults
-IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_MEAN = OPENAI_CLIP_MEAN  # open_clip's (OpenAI) defaults
+IMAGE_STD = OPENAI_CLIP_STD
 PROMPT = "a photo of a {}."
 
 
