@@ -157,15 +157,14 @@ def main() -> None:
     labels = torch.as_tensor(np.load(Path(world.root) / "pretrain_labels.npy")).float()
     with torch.no_grad():
         xp = F.normalize(encode_images(backbone.model, images).float(), dim=-1)
-    balanced_w = None
+    heads = {}
     for name, normalise, bias, pw in (("normalised_no_bias", True, False, False),
                                       ("linear_probe_bias_posweight", False, True, True)):
-        w, b = train_head(xp, labels, t0, scale, normalise, bias, pw)
-        balanced_w = w if normalise else balanced_w
+        w, b = heads[name] = train_head(xp, labels, t0, scale, normalise, bias, pw)
         emit(figure=f"head_{name}_on_balanced_pretraining_corpus", images=len(xp),
              val_mAP=map_pct(xv @ w.t() + b, yv), val_mAP_softmax=soft_pct(xv @ w.t() + b, yv))
 
-    target = F.normalize(balanced_w, dim=-1)
+    target = F.normalize(heads["normalised_no_bias"][0], dim=-1)
     fitted = fit_prompts(backbone, ds.class_names, target)
     with torch.no_grad():
         t = fitted.encode_text()

@@ -119,8 +119,7 @@ def select_classes(num_classes: int) -> list[str]:
         raise ValueError(f"num_classes must be between 2 and {total}, got {num_classes}")
     out = [PERSON]
     k = num_scenes_for(num_classes)
-    scene_order = list(SCENES[:k]) + list(SCENES[k:])
-    for active in (scene_order[:k], scene_order):
+    for active in (SCENES[:k], SCENES):
         depth = 0
         while len(out) < num_classes and depth < max(len(s.words) for s in active):
             for scene in active:
