@@ -65,8 +65,8 @@ def test_sharded_extraction_uses_both_ranks(tiny_data, tmp_path):
         import os, sys
         import lmpt.data.features as f
         original = f._save_tensor
-        def save(path, tensor):
-            original(path, tensor)
+        def save(path, tensor, meta):
+            original(path, tensor, meta)
             if path.name.startswith("chunk-") and os.environ["RANK"] == "1":
                 os._exit(3)  # rank 1 dies right after writing its first chunk
         f._save_tensor = save
@@ -80,7 +80,7 @@ def test_sharded_extraction_uses_both_ranks(tiny_data, tmp_path):
     assert proc.returncode != 0
     assert "exitcode" in proc.stderr and "3" in proc.stderr  # torchrun names the failed rank and its exit code
     folders = list((cache / "features").iterdir())
-    chunks = sorted(p.name for d in folders for p in d.glob("chunk-*"))
+    chunks = sorted(p.name for d in folders for p in d.glob("chunks-16/chunk-*"))
     assert chunks and not list(cache.glob("features/*/features.safetensors"))
     proc = _torchrun(args, tmp_path)  # restart: finishes, reusing the shards
     assert proc.returncode == 0, proc.stderr[-3000:]

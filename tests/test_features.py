@@ -75,26 +75,32 @@ def test_cache_hit_miss_and_invalidation(tiny_backbone, split, tmp_path, monkeyp
     assert calls["images"] == 5 * len(split) + 10
 
 
-def test_interrupted_extraction_is_not_complete_and_resumes(tiny_backbone, split, tmp_path, monkeypatch):
+def _crash_on_chunk(monkeypatch, which: int):
     original = features_mod._save_tensor
     saved = {"n": 0}
 
-    def crash_on_third(path, tensor):
+    def crash(path, tensor, meta):
         if path.name.startswith("chunk-"):
             saved["n"] += 1
-            if saved["n"] == 3:
-                raise KeyboardInterrupt  # killed while writing the third chunk
-        return original(path, tensor)
+            if saved["n"] == which:
+                raise KeyboardInterrupt  # killed while writing this chunk
+        return original(path, tensor, meta)
 
-    monkeypatch.setattr(features_mod, "_save_tensor", crash_on_third)
+    monkeypatch.setattr(features_mod, "_save_tensor", crash)
+    return original
+
+
+def test_interrupted_extraction_is_not_complete_and_resumes(tiny_backbone, split, tmp_path, monkeypatch):
+    original = _crash_on_chunk(monkeypatch, 3)
     kw = dict(cache_dir=tmp_path, num_workers=0, progress=False, chunk_size=16)
     with pytest.raises(KeyboardInterrupt):
         extract_features(tiny_backbone, split, **kw)
     folders = list((tmp_path / "features").iterdir())
     assert len(folders) == 1
     assert not (folders[0] / FINAL_NAME).exists()
-    assert sorted(p.name for p in folders[0].glob("chunk-*")) == ["chunk-00000.safetensors", "chunk-00001.safetensors"]
-    assert not list(folders[0].glob("*.tmp"))
+    chunks = folders[0] / "chunks-16"
+    assert sorted(p.name for p in chunks.glob("chunk-*")) == ["chunk-00000.safetensors", "chunk-00001.safetensors"]
+    assert not list(folders[0].rglob("*.tmp"))
 
     monkeypatch.setattr(features_mod, "_save_tensor", original)
     calls = _count_encodes(monkeypatch)
@@ -102,7 +108,56 @@ def test_interrupted_extraction_is_not_complete_and_resumes(tiny_backbone, split
     assert calls["images"] == len(split) - 32  # the two finished chunks are reused
     fresh = extract_features(tiny_backbone, split, cache_dir=tmp_path / "fresh", num_workers=0, progress=False)
     torch.testing.assert_close(feats, fresh)
-    assert (folders[0] / FINAL_NAME).exists() and not list(folders[0].glob("chunk-*"))
+    assert (folders[0] / FINAL_NAME).exists() and not chunks.exists()
+
+
+def test_resume_with_another_chunk_size_equals_a_fresh_extraction(tiny_backbone, split, tmp_path, monkeypatch):
+    """Interrupt with chunk size 16, resume with 24: no old chunk is joined with new ones (rows stay in order)."""
+    original = _crash_on_chunk(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(tiny_backbone, split, cache_dir=tmp_path, num_workers=0, progress=False, chunk_size=16)
+    monkeypatch.setattr(features_mod, "_save_tensor", original)
+    resumed = extract_features(tiny_backbone, split, cache_dir=tmp_path, num_workers=0, progress=False,
+                               chunk_size=24)
+    fresh = extract_features(tiny_backbone, split, cache_dir=tmp_path / "fresh", num_workers=0, progress=False,
+                             use_cache=False)
+    assert resumed.shape[0] == len(split)
+    torch.testing.assert_close(resumed, fresh)
+    # and the finished cache is read back as the same rows
+    again = extract_features(tiny_backbone, split, cache_dir=tmp_path, num_workers=0, progress=False, chunk_size=7)
+    torch.testing.assert_close(again, fresh)
+
+
+def test_a_cache_of_another_image_list_is_never_read(tiny_backbone, split, tmp_path, monkeypatch):
+    kw = dict(cache_dir=tmp_path, num_workers=0, progress=False)
+    extract_features(tiny_backbone, split, **kw)
+    (folder,) = list((tmp_path / "features").iterdir())
+    final = folder / FINAL_NAME
+    feats, meta = features_mod._load_tensor(final)
+    # a final file with one row too few, or written for another image list: recomputed, not returned
+    features_mod._save_tensor(final, feats[:-1], dict(meta, rows=len(split) - 1))
+    calls = _count_encodes(monkeypatch)
+    torch.testing.assert_close(extract_features(tiny_backbone, split, **kw), feats)
+    assert calls["images"] == len(split)
+    features_mod._save_tensor(final, feats, dict(meta, images="0" * 24))
+    torch.testing.assert_close(extract_features(tiny_backbone, split, **kw), feats)
+    assert calls["images"] == 2 * len(split)
+
+
+def test_key_covers_ids_paths_and_precision(tiny_backbone, split):
+    sig = features_mod.PreprocessConfig().resolve(tiny_backbone)
+    key = feature_cache_key(tiny_backbone, sig, split, False)
+    renamed = split.subset(range(len(split)))
+    renamed.ids[0] = "another-id.png"
+    assert feature_cache_key(tiny_backbone, sig, renamed, False) != key
+    moved = split.subset(range(len(split)))
+    moved.paths[0], moved.paths[1] = moved.paths[1], moved.paths[0]  # same files, another order
+    assert feature_cache_key(tiny_backbone, sig, moved, False) != key
+    assert feature_cache_key(tiny_backbone, sig, split, False, "bf16") != key
+    assert feature_cache_key(tiny_backbone, sig, split, False, "fp32") == key
+    from lmpt.precision import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "bf16"
 
 
 def test_bad_image_is_named(tiny_backbone, split, tmp_path):

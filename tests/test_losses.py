@@ -119,10 +119,19 @@ def test_db_does_not_modify_inputs_and_grad_finite():
 
 def test_db_weights_have_no_grad_path():
     logits, targets = _rand_problem(5, 4, 6)
+    targets = targets.clone().requires_grad_(True)  # a grad path from the targets would show here
     loss = DistributionBalancedLoss([5, 40, 12, 300, 77, 9], 500)
     w = loss.rebalance_weights(targets)
     assert not w.requires_grad
     assert w.shape == targets.shape
+    # and the loss's gradient w.r.t. the targets comes only from the BCE term, never through w:
+    # d/dy of sum(w * bce(z, y)) with w constant is -w * z (per element, before focal and NTR scaling)
+    z = logits.clone().requires_grad_(True)
+    value = DistributionBalancedLoss([5, 40, 12, 300, 77, 9], 500, gamma=0.0, kappa=0.0, neg_scale=1.0,
+                                     balance=1.0)(z, targets)
+    (gy,) = torch.autograd.grad(value, targets)
+    w_const = loss.rebalance_weights(targets.detach())
+    torch.testing.assert_close(gy, -w_const * z.detach() / z.numel())
 
 
 def test_db_half_input_and_buffers():
@@ -421,30 +430,63 @@ def test_bce_focal_match_formulas():
     assert FocalLoss(gamma=0.0)(logits, targets).item() == pytest.approx(bce_ref, rel=1e-9)
 
 
-def _asl_loop(z, y, gamma_neg, gamma_pos, clip, eps):
-    tot = 0.0
+def _asl_terms(z, y, gamma_neg, gamma_pos, clip, eps):
+    """Per element: (loss term l, focusing weight w, d l_unweighted / d z) in plain float64 Python."""
+    out = []
     for zr, yr in zip(z, y):
+        row = []
         for zz, yy in zip(zr, yr):
             p = _sig(zz)
             if yy == 1:
-                tot += -math.log(max(p, eps)) * (1 - p) ** gamma_pos
+                w = (1 - p) ** gamma_pos
+                # l = log p * w ; d log p / dz = 1 - p
+                row.append((math.log(max(p, eps)), w, (1 - p) if p > eps else 0.0))
             else:
                 pm = min(1 - p + clip, 1.0)
-                tot += -math.log(max(pm, eps)) * (1 - pm) ** gamma_neg
-    return tot
+                w = (1 - pm) ** gamma_neg
+                dlog = (-p * (1 - p) / pm) if (1 - p + clip < 1.0 and pm > eps) else 0.0
+                row.append((math.log(max(pm, eps)), w, dlog))
+        out.append(row)
+    return out
 
 
 @pytest.mark.parametrize("params", [(4.0, 0.0, 0.05), (2.0, 1.0, 0.0), (3.0, 0.5, 0.2)])
-def test_asl_matches_loop(params):
+def test_asl_value_and_gradient_match_the_reference(params):
+    """Default = LMPT reference: -mean(w * log-terms) with the focusing weight w held constant."""
     gamma_neg, gamma_pos, clip = params
     logits, targets = _rand_problem(9, 6, 5)
-    ref = _asl_loop(logits.tolist(), targets.tolist(), gamma_neg, gamma_pos, clip, 1e-8)
+    terms = _asl_terms(logits.tolist(), targets.tolist(), gamma_neg, gamma_pos, clip, 1e-8)
+    n = 30
+    ref_value = -sum(t * w for row in terms for t, w, _ in row) / n
+    ref_grad = torch.tensor([[-w * d / n for _, w, d in row] for row in terms], dtype=torch.float64)
+    z = logits.clone().requires_grad_(True)
     loss = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
-    assert loss(logits, targets).item() == pytest.approx(ref, rel=1e-9)
-    mean = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="mean")
-    assert mean(logits, targets).item() == pytest.approx(ref / 30, rel=1e-9)
+    value = loss(z, targets)
+    assert value.item() == pytest.approx(ref_value, rel=1e-9)
+    (g,) = torch.autograd.grad(value, z)
+    torch.testing.assert_close(g, ref_grad, rtol=1e-7, atol=1e-12)
+    # the original ASL code's sum over elements, labelled as such
+    summed = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="sum")
+    assert summed(logits, targets).item() == pytest.approx(ref_value * n, rel=1e-9)
+    # with focal_grad the weight carries gradient: a different gradient, the same value
+    free = AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, focal_grad=True)
+    z2 = logits.clone().requires_grad_(True)
+    v2 = free(z2, targets)
+    assert v2.item() == pytest.approx(ref_value, rel=1e-9)
+    (g2,) = torch.autograd.grad(v2, z2)
+    assert not torch.allclose(g2, ref_grad)
     with pytest.raises(ValueError, match="reduction"):
         AsymmetricLoss(reduction="none")
+
+
+def test_asl_defaults_are_the_references():
+    loss = AsymmetricLoss()
+    assert (loss.gamma_neg, loss.gamma_pos, loss.clip, loss.reduction, loss.focal_grad) == (4.0, 0.0, 0.05, "mean",
+                                                                                             False)
+    # reference-sized logits, batch 64 x 20 classes: mean, not sum (the sum is 1,280x larger)
+    logits, targets = _rand_problem(3, 64, 20, scale=25.0)
+    mean = loss(logits, targets).item()
+    assert AsymmetricLoss(reduction="sum")(logits, targets).item() == pytest.approx(1280 * mean, rel=1e-9)
 
 
 def test_baselines_grad_finite_for_saturated_logits():

@@ -109,7 +109,8 @@ def test_lt_map_groups_hand_example():
     ap = np.array([0.9, 0.7, 0.5, 0.3, 0.2, np.nan])
     with pytest.warns(UserWarning, match="skipped 1 of 6"):
         out = lt_map_from_ap(ap, class_freq)
-    assert set(out) == {"total", "head", "medium", "tail"}
+    assert set(out) == {"total", "head", "medium", "tail", "excluded"}
+    assert out["excluded"] == 1  # the class without positives is left out of every mean, and counted
     assert out["total"] == pytest.approx((0.9 + 0.7 + 0.5 + 0.3 + 0.2) / 5)
     assert out["head"] == pytest.approx(0.8)
     assert out["medium"] == pytest.approx(0.4)
@@ -133,7 +134,15 @@ def test_lt_map_from_scores():
     assert out["head"] == pytest.approx(ref[[0, 3]].mean())
     assert out["medium"] == pytest.approx(ref[1])
     assert out["tail"] == pytest.approx(ref[[2, 4]].mean())
-    assert all(0.0 <= v <= 1.0 for v in out.values())  # fractions, not percent
+    assert out["excluded"] == 0
+    assert all(0.0 <= out[g] <= 1.0 for g in ("total", "head", "medium", "tail"))  # fractions, not percent
+    # a class without positives: NaN (scikit-learn would say 0), excluded from the means and counted
+    targets[:, 1] = 0
+    with pytest.warns(UserWarning, match="skipped 1 of 5"):
+        out = lt_map(scores, targets, freq)
+    keep = [0, 2, 3, 4]
+    assert out["total"] == pytest.approx(_sklearn_ap(scores[:, keep], targets[:, keep]).mean())
+    assert out["excluded"] == 1 and math.isnan(out["medium"])
 
 
 def test_scores_from_logits():

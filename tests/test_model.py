@@ -166,6 +166,27 @@ def test_openai_state_dict_layout_loads_with_quickgelu(tmp_path, arch, size):
     assert not torch.allclose(_text_and_image_features(gelu.model, size)[1], _text_and_image_features(bb.model, size)[1])
 
 
+@pytest.mark.parametrize("arch,size", [(TINY_VIT, 32), (TINY_RN, 64)])
+def test_fp16_gelu_export_is_not_taken_for_openai(tmp_path, arch, size, caplog):
+    """A GELU model exported as an fp16 state dict keeps GELU: only OpenAI's marker entries mean QuickGELU."""
+    ref = _reference_model(arch, quick_gelu=False)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+    path = tmp_path / "gelu_fp16.pt"
+    torch.save(half, path)
+    with caplog.at_level("WARNING", logger="lmpt"):
+        loaded = load_weights_file(path)
+    assert not loaded.openai
+    assert "model.quick_gelu=true" in caplog.text
+    bb = create_clip(arch, str(path))
+    assert not bb.quick_gelu
+    expected = _reference_model(arch, quick_gelu=False)
+    expected.load_state_dict({k: v.float() for k, v in half.items()})
+    for ours, theirs in zip(_text_and_image_features(bb.model, size), _text_and_image_features(expected, size)):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    # the override still forces QuickGELU
+    assert create_clip(arch, str(path), quick_gelu=True).quick_gelu
+
+
 def test_openai_torchscript_archive_loads_with_quickgelu(tmp_path):
     ref = _reference_model(TINY_VIT, quick_gelu=True)
     del ref.context_length, ref.vocab_size

@@ -141,8 +141,11 @@ def _is_torchscript(path: Path) -> bool:
 def load_weights_file(path: Union[str, Path]) -> LoadedWeights:
     """Read a CLIP weights file into a state dict (on the CPU) and detect OpenAI weights.
 
-    OpenAI weights: a TorchScript archive, a state dict holding OpenAI's extra entries
-    (``input_resolution``, ``context_length``, ``vocab_size``), or a bare state dict stored in fp16.
+    OpenAI weights are recognised only by evidence that cannot misfire: the entries OpenAI's
+    checkpoints carry and no open_clip model has (``input_resolution``, ``context_length``,
+    ``vocab_size``; present in OpenAI's ``RN50.pt``/``ViT-B-16.pt`` archives and in state dicts taken
+    from them). A bare fp16 state dict is *not* taken for OpenAI's (GELU models are exported in fp16
+    too); it gets a warning that says how to force QuickGELU (``model.quick_gelu=true``).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -176,10 +179,13 @@ def load_weights_file(path: Union[str, Path]) -> LoadedWeights:
     sd = dict(raw)
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
-    openai = kind == "torchscript" or any(k in sd for k in OPENAI_MARKER_KEYS)
-    if not openai and kind == "state_dict" and "text_projection" in sd:
+    openai = any(k in sd for k in OPENAI_MARKER_KEYS)
+    if not openai and "text_projection" in sd:
         floats = [v for v in sd.values() if v.is_floating_point()]
-        openai = bool(floats) and all(v.dtype == torch.float16 for v in floats)
+        if floats and all(v.dtype == torch.float16 for v in floats):
+            logger.warning("%s: fp16 CLIP weights without OpenAI's marker entries: built with the architecture's own "
+                           "activation. If these are OpenAI's CLIP weights saved as a state dict, pass "
+                           "model.quick_gelu=true (OpenAI's models use QuickGELU).", path)
     for key in OPENAI_MARKER_KEYS:
         sd.pop(key, None)
     return LoadedWeights(state_dict=sd, openai=openai, source=str(path), kind=kind)

@@ -51,10 +51,15 @@ def _scores_targets(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, 
 def average_precision(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
     """Per-class non-interpolated AP, ``[C]`` float64; NaN for a class without positives.
 
-    Equals ``sklearn.metrics.average_precision_score(targets[:, c], scores[:, c])``:
+    For every class with at least one positive it equals
+    ``sklearn.metrics.average_precision_score(targets[:, c], scores[:, c])``:
     ``AP = sum_k (R_k - R_{k-1}) P_k`` over distinct score thresholds in descending order, so tied
     scores enter together. Equivalently, each positive contributes ``1/P`` times the precision
     at the end of its tie group.
+
+    A class without positives has no defined AP: scikit-learn returns 0 for it (with a warning), which
+    would pull every mean down; here it is NaN, and :func:`mean_ap` / :func:`lt_map_from_ap` leave it out
+    of the means and report how many classes they left out (``"excluded"``).
     """
     s, y = _scores_targets(scores, targets)
     n, c = s.shape
@@ -98,10 +103,11 @@ def _nanmean_quiet(a: np.ndarray) -> float:
 
 def lt_map_from_ap(ap: ArrayLike, class_freq: Sequence[int], head: int = HEAD_MIN,
                    tail: int = TAIL_MAX) -> dict[str, float]:
-    """``{"total", "head", "medium", "tail"}`` mean AP (fractions) from per-class AP.
+    """``{"total", "head", "medium", "tail"}`` mean AP (fractions) from per-class AP, plus ``"excluded"``.
 
     Groups by training count: head ``n >= head``, tail ``n < tail``, medium otherwise. Classes
-    with NaN AP are skipped (``total`` warns via :func:`mean_ap`); an empty group gives NaN.
+    with NaN AP (no positive example) are left out of every mean (``total`` warns via
+    :func:`mean_ap`); ``"excluded"`` is how many were left out. An empty group gives NaN.
     """
     a = _to_numpy(ap).ravel()
     freq = np.asarray(class_freq).ravel()
@@ -111,12 +117,13 @@ def lt_map_from_ap(ap: ArrayLike, class_freq: Sequence[int], head: int = HEAD_MI
     out = {"total": mean_ap(a)}
     for name in ("head", "medium", "tail"):
         out[name] = _nanmean_quiet(a[groups[name]])
+    out["excluded"] = int(np.isnan(a).sum())
     return out
 
 
 def lt_map(scores: ArrayLike, targets: ArrayLike, class_freq: Sequence[int], head: int = HEAD_MIN,
            tail: int = TAIL_MAX) -> dict[str, float]:
-    """Total/head/medium/tail mAP (fractions in [0, 1]); see :func:`lt_map_from_ap`."""
+    """Total/head/medium/tail mAP (fractions in [0, 1]) and ``"excluded"``; see :func:`lt_map_from_ap`."""
     return lt_map_from_ap(average_precision(scores, targets), class_freq, head=head, tail=tail)
 
 
@@ -186,7 +193,8 @@ def evaluate_scores(
 
     Returns ``{"sigmoid": {...}, "softmax": {...}, "per_class_ap": {"sigmoid": [...],
     "softmax": [...]}}``; each protocol dict has total/head/medium/tail mAP (fractions), CP, CR,
-    CF1, OP, OR, OF1 and the threshold used. Sigmoid AP is computed on the raw logits: sigmoid
+    CF1, OP, OR, OF1, the threshold used and ``excluded`` (classes without a positive, left out of
+    every mAP). Sigmoid AP is computed on the raw logits: sigmoid
     is monotone so the AP is the same, and float64 sigmoid would turn logits above ~36 into
     artificial ties at 1.0.
     """

@@ -2,16 +2,20 @@
 
 The image encoder is frozen and the only augmentation is a horizontal flip, so each training image
 has exactly two feature vectors (plain, mirrored) and each test image one. They are stored under
-``<cache>/features/<key>/`` where ``key`` hashes everything the features depend on: the backbone
-(architecture, quick_gelu, a hash of its weights), the preprocessing, the image list (ids, paths, file
-sizes and modification times) and the flip variants. Change any of them and the key changes.
+``<cache>/features/<key>/`` where ``key`` hashes everything the rows depend on: the backbone
+(architecture, quick_gelu, a hash of its weights), the preprocessing, the numeric precision the image
+tower runs at, the image list (ids, paths, file sizes and modification times) and the flip variants.
+Change any of them and the key changes.
 
 Extraction proceeds in fixed chunks of images, each written atomically (temporary file + rename) as
-``chunk-XXXXX.safetensors``; the finished cache is one ``features.safetensors`` written atomically
-after every chunk exists. A killed extraction therefore never leaves a file that is read as
-complete, and a restart recomputes only the missing chunks. Under ``torchrun`` chunk ``i`` is
-encoded by rank ``i % world_size``, so the ranks' shards form the one cache (and a cache made by one
-process is reused by several and vice versa).
+``chunks-<chunk size>/chunk-XXXXX.safetensors`` with its row range in the file's metadata; the
+finished cache is one ``features.safetensors``, written atomically once every chunk exists, with the
+row count and a hash of the image list in its metadata. Chunks of another chunk size are never joined,
+a chunk whose row range does not match is recomputed, and a finished cache whose row count or image
+list does not match is neither written nor read. A killed extraction therefore never leaves a file
+that is read as complete, and a restart recomputes only the missing chunks. Under ``torchrun`` chunk
+``i`` is encoded by rank ``i % world_size``, so the ranks' shards form the one cache (and a cache made
+by one process is reused by several and vice versa).
 """
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ import logging
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -32,12 +35,13 @@ from ..backbone import CLIPBackbone
 from ..cache import resolve_cache_dir
 from ..errors import DataError
 from ..io import atomic_path, atomic_write_json, stable_hash
+from ..precision import autocast, resolve_precision
 from .dataset import MultiLabelSplit
 from .images import ImageListDataset, build_transform, transform_signature
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 FINAL_NAME = "features.safetensors"
 
 
@@ -68,13 +72,20 @@ def _file_stamps(paths: Sequence[str]) -> list:
     return stamps
 
 
-def feature_cache_key(backbone: CLIPBackbone, preprocess: dict, split: MultiLabelSplit, flips: bool) -> str:
-    """Hash of everything the cached features depend on."""
+def image_list_hash(split: MultiLabelSplit) -> str:
+    """Hash of a split's image ids and absolute paths, in order (stored with a cache and checked on reading)."""
+    return stable_hash({"ids": split.ids, "paths": [os.path.abspath(p) for p in split.paths]}, length=24)
+
+
+def feature_cache_key(backbone: CLIPBackbone, preprocess: dict, split: MultiLabelSplit, flips: bool,
+                      precision: str = "fp32") -> str:
+    """Hash of everything the cached rows depend on; ``precision`` is the resolved one (fp32, bf16, fp16)."""
     return stable_hash({
         "version": CACHE_VERSION,
         "backbone": {"model": backbone.model_name, "fingerprint": backbone.fingerprint,
                      "quick_gelu": backbone.quick_gelu},
         "preprocess": preprocess,
+        "precision": precision,
         "ids": split.ids,
         "paths": [os.path.abspath(p) for p in split.paths],
         "files": _file_stamps(split.paths),
@@ -82,24 +93,42 @@ def feature_cache_key(backbone: CLIPBackbone, preprocess: dict, split: MultiLabe
     }, length=24)
 
 
-def _load_tensor(path: Path) -> torch.Tensor:
-    from safetensors.torch import load_file
+def _load_tensor(path: Path) -> tuple[torch.Tensor, dict]:
+    from safetensors import safe_open
 
-    return load_file(str(path))["features"]
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor("features"), dict(f.metadata() or {})
 
 
-def _save_tensor(path: Path, features: torch.Tensor) -> None:
+def _save_tensor(path: Path, features: torch.Tensor, meta: dict) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({"features": features.contiguous()}, str(tmp))
+        save_file({"features": features.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
 
 
-def _autocast(device: torch.device, precision: str):
-    if device.type == "cuda" and precision in ("bf16", "fp16", "auto"):
-        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-        return torch.autocast("cuda", dtype=dtype)
-    return nullcontext()
+def _read_final(path: Path, n: int, images: str) -> Optional[torch.Tensor]:
+    """The finished cache if it holds exactly ``n`` rows of this image list, else None."""
+    try:
+        feats, meta = _load_tensor(path)
+    except Exception as exc:  # a damaged file is recomputed, never used
+        logger.warning("feature cache %s is unreadable (%s); recomputing", path, exc)
+        return None
+    if feats.shape[0] != n or meta.get("rows") != str(n) or meta.get("images") != images:
+        logger.warning("feature cache %s does not hold the %d rows of this image list; recomputing", path, n)
+        return None
+    return feats
+
+
+def _read_chunk(path: Path, start: int, stop: int) -> Optional[torch.Tensor]:
+    """A finished chunk if it holds rows ``start:stop``, else None."""
+    try:
+        feats, meta = _load_tensor(path)
+    except Exception:
+        return None
+    if feats.shape[0] != stop - start or meta.get("start") != str(start) or meta.get("stop") != str(stop):
+        return None
+    return feats
 
 
 def default_num_workers() -> int:
@@ -127,47 +156,57 @@ def extract_features(
     """
     if isinstance(preprocess, str):
         preprocess = PreprocessConfig(mode=preprocess)
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
     signature = preprocess.resolve(backbone)
-    key = feature_cache_key(backbone, signature, split, flips)
+    key = feature_cache_key(backbone, signature, split, flips, precision)
     folder = resolve_cache_dir(cache_dir) / "features" / key
     final = folder / FINAL_NAME
     n = len(split)
+    images = image_list_hash(split)
     if use_cache and final.is_file():
-        feats = _load_tensor(final)
-        if feats.shape[0] == n:
+        feats = _read_final(final, n, images)
+        if feats is not None:
             logger.info("feature cache hit: %s (%s, %d images)", folder, split.name, n)
             return feats
-        logger.warning("feature cache %s holds %d rows for %d images; recomputing", final, feats.shape[0], n)
-    folder.mkdir(parents=True, exist_ok=True)
+    chunk_dir = folder / f"chunks-{int(chunk_size)}"
+    chunk_dir.mkdir(parents=True, exist_ok=True)
     if dist_utils.is_main():
         atomic_write_json(folder / "meta.json", {"split": split.name, "images": n, "flips": flips,
                                                  "backbone": backbone.describe(), "preprocess": signature,
-                                                 "version": CACHE_VERSION})
+                                                 "precision": precision, "version": CACHE_VERSION})
     chunks = [(i, i * chunk_size, min(n, (i + 1) * chunk_size)) for i in range((n + chunk_size - 1) // chunk_size)]
     rank, world = dist_utils.rank(), dist_utils.world_size()
     mine = [c for c in chunks if c[0] % world == rank]
-    todo = [c for c in mine if not (use_cache and (folder / f"chunk-{c[0]:05d}.safetensors").is_file())]
+    todo = [c for c in mine
+            if not (use_cache and _read_chunk(chunk_dir / f"chunk-{c[0]:05d}.safetensors", c[1], c[2]) is not None)]
     if len(todo) < len(mine):
-        logger.info("reusing %d finished chunks of %s", len(mine) - len(todo), folder)
+        logger.info("reusing %d finished chunks of %s", len(mine) - len(todo), chunk_dir)
     if todo:
-        _encode_chunks(backbone, split, signature, flips, folder, todo, device, batch_size,
+        _encode_chunks(backbone, split, signature, flips, chunk_dir, todo, device, batch_size,
                        default_num_workers() if num_workers is None else num_workers, precision,
                        progress and dist_utils.is_main())
     dist_utils.barrier()
     if dist_utils.is_main():
         parts = []
         for idx, start, stop in chunks:
-            part = folder / f"chunk-{idx:05d}.safetensors"
-            if not part.is_file():
-                raise DataError(f"feature chunk {part} is missing after extraction; rerun to finish the cache")
-            parts.append(_load_tensor(part))
+            part = _read_chunk(chunk_dir / f"chunk-{idx:05d}.safetensors", start, stop)
+            if part is None:
+                raise DataError(f"feature chunk {chunk_dir / f'chunk-{idx:05d}.safetensors'} (rows {start}-{stop}) is "
+                                "missing or incomplete after extraction; run the command again to finish the cache")
+            parts.append(part)
         feats = torch.cat(parts) if parts else torch.zeros(0, 2 if flips else 1, backbone.embed_dim)
-        _save_tensor(final, feats)
-        for idx, _, _ in chunks:
-            (folder / f"chunk-{idx:05d}.safetensors").unlink(missing_ok=True)
+        if feats.shape[0] != n:  # cannot happen with checked chunks; never write a wrong cache
+            raise DataError(f"feature extraction gave {feats.shape[0]} rows for {n} images; the cache was not written")
+        _save_tensor(final, feats, {"rows": n, "images": images, "version": CACHE_VERSION})
+        shutil.rmtree(chunk_dir, ignore_errors=True)
     dist_utils.barrier()
-    return _load_tensor(final)
+    feats = _read_final(final, n, images)
+    if feats is None:
+        raise DataError(f"the feature cache {final} could not be read back; delete {folder} and run again")
+    return feats
 
 
 def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: dict, flips: bool, folder: Path,
@@ -203,7 +242,7 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
         x = torch.cat(images).to(device, non_blocking=True)
         if flips:
             x = torch.cat([x, torch.flip(x, dims=(-1,))])
-        with torch.inference_mode(), _autocast(device, precision):
+        with torch.inference_mode(), autocast(device, precision):
             feats = model.encode_image(x).float().cpu()
         n = feats.shape[0] // (2 if flips else 1)
         return torch.stack([feats[:n], feats[n:]], dim=1) if flips else feats[:, None]
@@ -220,7 +259,7 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
                 bar.update(n_pending)
                 pending, n_pending = [], 0
             if done == stop - start:
-                _save_tensor(folder / f"chunk-{idx:05d}.safetensors", out)
+                _save_tensor(folder / f"chunk-{idx:05d}.safetensors", out, {"start": start, "stop": stop})
                 nxt = next(chunk_iter, None)
                 if nxt is None:
                     break
@@ -242,8 +281,3 @@ def _reraise_data_errors(loader: DataLoader):
             last = [line for line in text.splitlines() if "DataError:" in line]
             text = last[-1].split("DataError:", 1)[1].strip() if last else text
         raise DataError(text) from None
-
-
-def clear_feature_cache(cache_dir: Optional[Union[str, Path]] = None) -> None:
-    """Delete every cached feature file."""
-    shutil.rmtree(resolve_cache_dir(cache_dir) / "features", ignore_errors=True)
