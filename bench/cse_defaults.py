@@ -24,9 +24,12 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from lmpt.engine.config import load_config, resolve_method  # noqa: E402
-from lmpt.engine.data import load_dataset, prepare  # noqa: E402
-from lmpt.engine.train import PromptTrainer, train  # noqa: E402
+from lmpt.engine.config import load_config  # noqa: E402
+from lmpt.engine.data import prepare  # noqa: E402
+from lmpt.engine.demo import build_demo_world, world_overrides  # noqa: E402
+from lmpt.engine.methods import resolve_method  # noqa: E402
+from lmpt.engine.prompt_task import PromptTrainer  # noqa: E402
+from lmpt.engine.run import run  # noqa: E402
 
 BASELINES = ("coop", "coop-db")
 # Controls: coop-db with its learning rate scaled as lam scales the DB term inside lmpt (0.5 and 0.2 x 5e-4),
@@ -63,8 +66,9 @@ def setup_world(args: argparse.Namespace, prefix: str, extra: list[str] = ()) ->
             "run.select=last", *extra]
     if args.cache_dir:
         base.append(f"data.cache_dir={args.cache_dir}")
+    base = world_overrides(build_demo_world(cache_dir=args.cache_dir, progress=False)) + base
     cfg0 = load_config("world", base)
-    return base, prepare(cfg0, loaded=load_dataset(cfg0))
+    return base, prepare(cfg0)
 
 
 def run_specs(specs: list[dict], seeds: list[int], base: list[str], prepared) -> list[dict]:
@@ -78,7 +82,7 @@ def run_specs(specs: list[dict], seeds: list[int], base: list[str], prepared) ->
             overrides = base + [f"{k}={v}" for k, v in spec.items()] + [f"run.seed={seed}",
                                                                         f"run.name=r{len(rows)}-s{seed}"]
             cfg = load_config("world", overrides)
-            last = train(cfg, prepared=prepared).history[-1]
+            last = run(cfg, prepared=prepared).history[-1]
             row = {"variant": spec, "seed": seed, **{k: round(100 * last[f"val_{k}"], 2)
                                                    for k in ("total", "head", "medium", "tail")}}
             if spec["run.method"] == "lmpt":

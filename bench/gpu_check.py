@@ -96,10 +96,11 @@ def build_data(root: Path, scale: float, workers: int) -> dict:
 def step_times(trainer, optimizer, steps: int, graphs: bool) -> tuple[list[float], float]:
     import torch
 
-    trainer.cfg.run.cuda_graphs = "on" if graphs else "off"
+    from lmpt.engine.step import make_step
+
     n = trainer.train_feats.shape[0]
     bs = trainer.cfg.optim.batch_size
-    step = trainer.make_step(optimizer, {bs})
+    step = make_step(trainer, optimizer, {bs}, "on" if graphs else "off")
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, n, (bs,), generator=gen).to(trainer.device),
                 torch.randint(0, 2, (bs,), generator=gen).to(trainer.device)) for _ in range(steps + 10)]
@@ -136,7 +137,8 @@ def main() -> None:
 
     from lmpt.engine.config import load_config
     from lmpt.engine.data import prepare
-    from lmpt.engine.train import PromptTrainer, train
+    from lmpt.engine.prompt_task import PromptTrainer
+    from lmpt.engine.run import run as train
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     workers = args.workers or max(1, (os.cpu_count() or 2) - 1)
@@ -181,10 +183,12 @@ def main() -> None:
                  batch=cfg.optim.batch_size, median_ms=round(1000 * statistics.median(times), 3),
                  back_to_back_ms=round(1000 * per_step, 3), cse=trainer.uses_cse)
         # 3. evaluation: text features once, score the cached test features, AP
+        from lmpt.engine.evaluate import evaluate_splits
+
         trainer = PromptTrainer(cfg, prepared, device)
-        trainer.evaluate("test")
+        evaluate_splits(prepared.dataset, trainer.logits, ("test",))
         t0 = time.perf_counter()
-        trainer.evaluate("test")
+        evaluate_splits(prepared.dataset, trainer.logits, ("test",))
         emit(figure="evaluation_s", backbone=name, test_images=len(prepared.dataset.test),
              value=round(time.perf_counter() - t0, 3))
         del prepared, trainer

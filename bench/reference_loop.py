@@ -20,7 +20,7 @@ from lmpt.data.features import PreprocessConfig
 from lmpt.data.images import build_transform, load_image
 from lmpt.engine.config import Config
 from lmpt.engine.data import Prepared, caption_embeddings
-from lmpt.engine.train import build_loss, build_model
+from lmpt.engine.builders import build_loss, build_prompt_model
 from lmpt.metrics import average_precision
 from lmpt.prompts import encode_token_embeddings
 
@@ -28,8 +28,8 @@ from lmpt.prompts import encode_token_embeddings
 def reference_style_run(cfg: Config, prepared: Prepared, epochs: int, device: torch.device,
                         on_epoch: Optional[Callable[[int, float], None]] = None) -> dict:
     """Train ``epochs`` epochs the reference's way; returns timings (seconds) and the last test mAP."""
-    model = build_model(cfg, prepared, device)
-    loss_fn = build_loss(cfg, prepared).to(device)
+    model = build_prompt_model(cfg, prepared.backbone, prepared.class_names, device)
+    loss_fn = build_loss(cfg, prepared.dataset).to(device)
     pl = model.prompt_learner
     full = pl.context_length
     caps = caption_embeddings(cfg, prepared, length=full) if loss_fn.cse_loss is not None else None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -30,7 +29,8 @@ sys.path.insert(0, str(HERE))
 
 from lmpt.engine.config import load_config  # noqa: E402
 from lmpt.engine.data import prepare  # noqa: E402
-from lmpt.engine.train import train  # noqa: E402
+from lmpt.engine.demo import build_demo_world, world_overrides  # noqa: E402
+from lmpt.engine.run import run as train  # noqa: E402
 from reference_loop import reference_style_run  # noqa: E402
 
 
@@ -50,17 +50,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="lmpt-speed-"))
-    base = [f"data.world_classes={args.classes}", f"optim.epochs={args.epochs}", "run.progress=false",
-            f"run.device={args.device}", f"run.output_dir={work / 'runs'}"]
+    base = [f"optim.epochs={args.epochs}", "run.progress=false", f"run.device={args.device}",
+            f"run.output_dir={work / 'runs'}"]
     if args.cache_dir:
         base.append(f"data.cache_dir={args.cache_dir}")
     try:
         # the world and its CLIP are built (or read from the cache) first: both paths need them
-        world_cfg = load_config("world", base)
         t0 = time.perf_counter()
-        from lmpt.engine.data import load_dataset
-
-        load_dataset(world_cfg)
+        base = world_overrides(build_demo_world(args.classes, cache_dir=args.cache_dir, progress=False)) + base
         emit(figure="world_ready_s", value=round(time.perf_counter() - t0, 2), note="generation+pretraining or cache")
 
         # lmpt, cold feature cache: extraction + 50 epochs + evaluation

@@ -10,12 +10,16 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from lmpt.engine.checkpoint import load_prompt
-from lmpt.engine.config import load_config, resolve_method
+from lmpt.engine.checkpoint import load_weights
+from lmpt.engine.config import load_config
 from lmpt.engine.data import prepare
 from lmpt.engine.inference import evaluate_run, load_run, predict_images
+from lmpt.engine.loop import TrainingError
+from lmpt.engine.methods import resolve_method
+from lmpt.engine.outputs import ORACLE_LABEL
+from lmpt.engine.prompt_task import PromptTrainer
+from lmpt.engine.run import run as train
 from lmpt.engine.sweep import run_sweep
-from lmpt.engine.train import ORACLE_LABEL, PromptTrainer, TrainingError, train
 from lmpt.errors import CheckpointError
 
 from engine_helpers import CLASSES, tiny_overrides
@@ -42,7 +46,8 @@ def test_train_writes_a_complete_run_folder(tiny_data, tmp_path):
     assert metrics["selection"] == "last epoch" and metrics["selected_epoch"] == 4 and not metrics["oracle"]
 
     # the checkpoint holds the context and enough metadata to rebuild the model
-    ctx, meta = load_prompt(run)
+    tensors, meta = load_weights(run)
+    ctx = tensors["ctx"]
     assert ctx.shape == (len(CLASSES), 4, 64)
     assert meta["class_names"] == sorted(CLASSES) and meta["backbone"]["model"] == "lmpt-test-vit"
 
@@ -96,15 +101,15 @@ def test_resume_after_a_kill_gives_the_same_result(tiny_data, tmp_path, monkeypa
     full = train(_cfg(tiny_data, tmp_path, **extra, **{"run.name": "full"}))
 
     calls = {"n": 0}
-    original = PromptTrainer.step
+    original = PromptTrainer.loss
 
-    def dying_step(self, *args, **kwargs):
+    def dying_loss(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 9:  # in the middle of epoch 3 (4 steps per epoch)
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(PromptTrainer, "step", dying_step)
+    monkeypatch.setattr(PromptTrainer, "loss", dying_loss)
     cfg = _cfg(tiny_data, tmp_path, **extra, **{"run.name": "killed"})
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
@@ -112,7 +117,7 @@ def test_resume_after_a_kill_gives_the_same_result(tiny_data, tmp_path, monkeypa
     assert not (run_dir / "metrics.json").exists()
     state = torch.load(run_dir / "state.pt", weights_only=True)
     assert state["epoch"] == 2
-    monkeypatch.setattr(PromptTrainer, "step", original)
+    monkeypatch.setattr(PromptTrainer, "loss", original)
     resumed = train(load_config(run_dir / "config.yaml"), run_dir=run_dir, resume=True)
     assert resumed.metrics["per_class_ap"] == full.metrics["per_class_ap"]
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
@@ -134,7 +139,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp
     with pytest.raises(TrainingError, match=r"non-finite loss at epoch 2, step 7"):
         train(cfg)
     state = torch.load(tmp_path / "runs" / "nan" / "state.pt", weights_only=True)
-    assert state["epoch"] == 1 and torch.isfinite(state["ctx"]).all()
+    assert state["epoch"] == 1 and torch.isfinite(state["weights"]["ctx"]).all()
 
 
 def test_select_on_test_is_labelled_oracle(tiny_data, tmp_path):
@@ -142,7 +147,7 @@ def test_select_on_test_is_labelled_oracle(tiny_data, tmp_path):
     m = result.metrics
     assert m["oracle"] and m["selection"] == ORACLE_LABEL
     assert "test-selected (oracle)" in (result.run_dir / "report.md").read_text()
-    _, meta = load_prompt(result.run_dir)
+    _, meta = load_weights(result.run_dir)
     assert meta["selection"] == ORACLE_LABEL
     best = max(r["oracle_test_total"] for r in result.history)
     assert math.isclose(m["headline"]["total"], best, rel_tol=1e-9)
@@ -169,8 +174,7 @@ def test_eval_and_predict_use_the_checkpoint(tiny_data, tmp_path):
     # the scores are sigmoid(logits) of the cached test features (same preprocessing)
     prepared = prepare(load_config(result.run_dir / "config.yaml"))
     idx = [prepared.dataset.test.ids.index(f"img/{p.name}") for p in images]
-    with torch.no_grad():
-        logits = run.model(prepared.features["test"][idx, 0])
+    logits = run.model.feature_logits(prepared.features["test"][idx, 0])
     expected = torch.sigmoid(logits).numpy()
     got = np.array([[p.scores[n] for n in run.meta["class_names"]] for p in preds])
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -210,36 +214,39 @@ def test_zeroshot_run(tiny_data, tmp_path):
     result = train(_cfg(tiny_data, tmp_path, **{"run.method": "zeroshot", "run.name": "zs"}))
     assert result.history == [] and "zero-shot" in result.metrics["selection"]
     assert (result.run_dir / "metrics.json").is_file() and not (result.run_dir / "prompt.safetensors").exists()
+    assert not (result.run_dir / "probe.safetensors").exists()
 
 
 def test_optimizer_choice():
+    from lmpt.engine.builders import build_optimizer
     from lmpt.engine.config import Config
-    from lmpt.engine.train import build_optimizer
     from lmpt.errors import ConfigError
 
     p = [torch.nn.Parameter(torch.zeros(3))]
-    cfg = load_config("world", ["optim.name=adam", "optim.lr=1e-3", "optim.momentum=0.8"])
-    opt = build_optimizer(cfg.optim, p)
+    opt = build_optimizer("adam", p, lr=1e-3, weight_decay=0.0, momentum=0.8)
     assert isinstance(opt, torch.optim.Adam) and opt.defaults["betas"] == (0.8, 0.999)
     assert opt.defaults["lr"] == 1e-3
-    assert isinstance(build_optimizer(Config().optim, p), torch.optim.SGD)  # the reference's default
-    assert type(build_optimizer(load_config("world", ["optim.name=adamw"]).optim, p)) is torch.optim.AdamW
+    o = Config().optim
+    assert isinstance(build_optimizer(o.name, p, o.lr, o.weight_decay, o.momentum), torch.optim.SGD)  # the reference
+    assert type(build_optimizer("adamw", p, 1e-3, 0.0)) is torch.optim.AdamW
     with pytest.raises(ConfigError, match="optim.name"):
-        load_config("world", ["optim.name=adagrad"])
+        load_config(None, ["optim.name=adagrad", "data.dataset=manifest", "data.train=a.csv", "data.test=b.csv"])
 
 
 def test_db_overrides_merge_into_the_preset(tiny_data, tmp_path):
     """`loss.db` keys override the preset's one by one (the world config sets only kappa)."""
-    from lmpt.engine.train import build_loss
+    from lmpt.engine.builders import build_loss
 
     cfg = _cfg(tiny_data, tmp_path, **{"loss.db_preset": "voc-lt", "loss.db": "{kappa: 7.0}",
                                        "run.method": "coop-db"})
     cfg = resolve_method(cfg)
     prepared = prepare(cfg)
-    cls = build_loss(cfg, prepared).cls_loss
+    cls = build_loss(cfg, prepared.dataset).cls_loss
     assert (cls.kappa, cls.mu, cls.neg_scale) == (7.0, 0.3, 5.0)
     counts = prepared.dataset.train.class_counts.astype(np.float64)
     n = len(prepared.dataset.train)
     expected = -np.log(n / counts - 1.0) * 7.0 / 5.0
     np.testing.assert_allclose(cls.init_bias.numpy(), expected, rtol=1e-5)
-    assert load_config("world").loss.db.get("kappa") is not None  # the world config chooses its own
+    from lmpt.engine.config import _read_yaml
+
+    assert _read_yaml("world")[0]["loss"]["db"].get("kappa") is not None  # the world config chooses its own

@@ -94,27 +94,28 @@ def normalize_model_name(name: str) -> str:
     return _OPENAI_ALIASES.get(name, name)
 
 
+def register_model_configs(*folders: Union[str, Path]) -> None:
+    """Make the open_clip model configs (JSON) in ``folders`` and ``$LMPT_MODEL_CONFIGS`` buildable by name.
+
+    open_clip's model-config pattern: a JSON file with ``embed_dim``, ``vision_cfg`` and ``text_cfg``
+    names an architecture after its file stem. Idempotent; missing folders are skipped; other JSON files
+    in a folder are ignored.
+    """
+    import open_clip
+
+    env = [f for f in os.environ.get("LMPT_MODEL_CONFIGS", "").split(os.pathsep) if f]
+    for folder in [*env, *folders]:
+        key = str(Path(folder).expanduser().resolve())
+        if key not in _REGISTERED and Path(key).exists():
+            open_clip.add_model_config(key)
+            _REGISTERED.add(key)
+
+
 def _known_models() -> list[str]:
     import open_clip
 
-    _register_builtin_configs()
+    register_model_configs()
     return open_clip.list_models()
-
-
-def _register_builtin_configs() -> None:
-    """The generated world's small CLIP, plus JSON configs in the folders of ``$LMPT_MODEL_CONFIGS``."""
-    import open_clip
-
-    for folder in filter(None, os.environ.get("LMPT_MODEL_CONFIGS", "").split(os.pathsep)):
-        if Path(folder).exists() and folder not in _REGISTERED:
-            open_clip.add_model_config(folder)
-            _REGISTERED.add(folder)
-    try:
-        from .world import register_world_models
-
-        register_world_models()
-    except Exception as exc:  # the generated world is optional for real backbones
-        logger.debug("world model configs not registered: %s", exc)
 
 
 def check_model_name(name: str) -> str:
@@ -255,6 +256,8 @@ def create_clip(
     Args:
         model_name: open_clip architecture (``RN50``, ``ViT-B-16``, ``ViT-L-14``, …; ``ViT-B/16`` accepted).
         pretrained: a weights file path, a pretrained tag, or None for random weights (seeded by ``seed``).
+            A model config JSON beside a weights file (``<architecture>.json``) is registered first, so
+            custom architectures travel with their weights.
         quick_gelu: ``"auto"`` (QuickGELU exactly when the weights are OpenAI's or the name says so),
             or True/False to force it.
         device: where to put the model.
@@ -262,6 +265,8 @@ def create_clip(
     """
     import open_clip
 
+    if pretrained and _looks_like_path(str(pretrained)):
+        register_model_configs(Path(str(pretrained)).expanduser().parent)  # a model config may sit beside it
     name = check_model_name(model_name)
     weights: Optional[LoadedWeights] = None
     tag_file: Optional[str] = None
@@ -289,7 +294,7 @@ def create_clip(
         arch = f"{name}-quickgelu"
 
     torch.manual_seed(seed)
-    with _quiet_open_clip():
+    with quiet_open_clip():
         if is_tag and weights is None:
             model = open_clip.create_model(arch, pretrained=pretrained, force_quick_gelu=use_qg)
         else:
@@ -339,7 +344,7 @@ def build_tokenizer(model_name: str, context_length: int) -> Callable[..., torch
     return tokenize
 
 
-class _quiet_open_clip:
+class quiet_open_clip:
     """Silence open_clip's 'No pretrained weights loaded' warning for deliberate random init."""
 
     def __enter__(self) -> None:

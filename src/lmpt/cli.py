@@ -1,19 +1,31 @@
-"""The ``lmpt`` command line: parses arguments, calls the engine, prints results."""
+"""The ``lmpt`` command line: parses arguments, calls the engine, prints results.
+
+Options and ``section.key=value`` overrides may come in any order (argparse's intermixed parsing). Every
+mistake a user can make ends in one line on stderr and exit code 2; logging is set up here and nowhere else.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from . import __version__
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 logger = logging.getLogger("lmpt")
 
 EPILOG = "Overrides are section.key=value, e.g. optim.epochs=20 data.root=/data/VOC model.pretrained=RN50.pt"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit code 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -24,6 +36,7 @@ def _setup_logging(verbose: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("lmpt").setLevel(logging.INFO)
+    warnings.showwarning = lambda message, category, *a, **k: logger.warning("%s", message)
 
 
 def _print_headline(metrics: dict, run_dir: Optional[Path] = None) -> None:
@@ -41,51 +54,62 @@ def _print_headline(metrics: dict, run_dir: Optional[Path] = None) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
+    """The KEY=VALUE overrides, with the flags that are shorthands for config keys appended."""
     config = getattr(args, "config", None)
     if config is not None and "=" in config:  # no CONFIG given: the first argument is an override
         args.overrides = [config] + list(args.overrides or [])
         args.config = None
     out = list(args.overrides or [])
-    for flag, key in (("select_on", "run.select"), ("out", "run.output_dir"), ("name", "run.name"),
-                      ("seed", "run.seed"), ("device", "run.device")):
+    for flag, key in (("method", "run.method"), ("select_on", "run.select"), ("out", "run.output_dir"),
+                      ("name", "run.name"), ("seed", "run.seed"), ("device", "run.device")):
         value = getattr(args, flag, None)
         if value is not None:
             out.append(f"{key}={value}")
+    bad = [o for o in out if "=" not in o]
+    if bad:
+        raise ConfigError(f"unexpected argument {bad[0]!r}: overrides look like section.key=value "
+                          "(e.g. optim.epochs=20), and a command takes at most one CONFIG")
     return out
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str] = ()):
+    """The config a command names (a YAML file, a built-in name, or ``world``), with its overrides."""
+    from .engine.config import load_config
+
+    overrides = _overrides(args) + list(extra)
+    if args.config == "world":  # the generated world: build (or reuse) it, then point the settings at it
+        from .engine.config import apply_overrides, Config
+        from .engine.demo import build_demo_world, world_overrides
+
+        cache = apply_overrides(Config(), [o for o in overrides if o.startswith("data.cache_dir=")]).data.cache_dir
+        overrides = world_overrides(build_demo_world(cache_dir=cache)) + overrides
+    if args.config is None and not overrides:
+        raise UserError(f"{args.command} needs a CONFIG (a YAML file, a built-in name or `world`) or KEY=VALUE overrides")
+    return load_config(args.config, overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.config import load_config
-    from .engine.train import train
+    from .engine.run import run
 
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `lmpt train` printed")
-        overrides = _overrides(args)
-        if args.config is not None:
+        if args.config is not None and "=" not in args.config:
             raise UserError("with --resume the run's own config.yaml is used; drop the CONFIG argument")
-        cfg = load_config(run_dir / "config.yaml", overrides)
-        result = train(cfg, run_dir=run_dir, resume=True)
+        cfg = load_config(run_dir / "config.yaml", _overrides(args))
+        result = run(cfg, run_dir=run_dir, resume=True)
     else:
-        overrides = _overrides(args)
-        if args.config is None and not overrides:
-            raise UserError("lmpt train needs a CONFIG (a YAML file or built-in name) or --resume RUN_DIR")
-        cfg = load_config(args.config, overrides)
-        if args.method:
-            cfg.run.method = args.method
-        result = train(cfg)
+        result = run(_config(args))
     _print_headline(result.metrics, result.run_dir)
     return 0
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    from .engine.config import load_config
-    from .engine.train import train
+    from .engine.run import run
 
-    overrides = _overrides(args)
-    cfg = load_config(args.config, overrides + ["run.method=zeroshot"])
-    result = train(cfg)
+    result = run(_config(args, ["run.method=zeroshot"]))
     _print_headline(result.metrics, result.run_dir)
     return 0
 
@@ -93,7 +117,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.inference import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, args.overrides or [])
+    metrics = evaluate_run(args.run_dir, _overrides(args))
     _print_headline(metrics, Path(args.run_dir))
     print(f"written: {Path(args.run_dir) / 'eval.json'}")
     return 0
@@ -107,28 +131,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if missing:
         raise UserError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     device = resolve_device(args.device or "auto")
-    run = load_run(args.run, weights=args.weights, device=device)
-    preds = predict_images(run, args.images, threshold=args.threshold, top_k=args.top_k, protocol=args.protocol,
+    loaded = load_run(args.run, weights=args.weights, device=device)
+    preds = predict_images(loaded, args.images, threshold=args.threshold, top_k=args.top_k, protocol=args.protocol,
                            device=device)
     print(predictions_json(preds) if args.format == "json" else predictions_table(preds))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .engine.config import METHODS, load_config
+    from .engine.methods import METHODS
     from .engine.report import summary_table
     from .engine.sweep import run_sweep
 
-    overrides = _overrides(args)
-    cfg = load_config(args.config, overrides)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise UserError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    bad = [m for m in methods if m not in METHODS or m == "custom"]
+    if bad or not methods:
+        raise UserError(f"--methods {args.methods!r}: unknown method(s) {', '.join(bad) or '(none given)'}; "
+                        f"choose from {', '.join(m for m in METHODS if m != 'custom')}")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if not seeds:
+        raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 0,1,2")
+    cfg = _config(args)
     out = Path(args.out or Path(cfg.run.output_dir) / f"sweep-{Path(str(args.config)).stem}")
     summary = run_sweep(cfg, methods, seeds, out, title=f"sweep: {args.config}")
     print(summary_table(summary["methods"], f"selection: {summary['selection']}; protocol: {summary['protocol']}"))
@@ -136,27 +162,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset_from_args(args: argparse.Namespace):
-    if args.source in ("voc-lt", "coco-lt"):
-        from .data.benchmarks import load_benchmark
-
-        if not args.root:
-            raise UserError(f"lmpt data check {args.source} needs --root DIR (the folder that holds the images)")
-        return load_benchmark(args.source, args.root)
-    if args.source == "manifest":
-        from .data.manifest import load_manifest_dataset
-
-        if not (args.train and args.test):
-            raise UserError("lmpt data check manifest needs --train and --test manifest files")
-        return load_manifest_dataset(args.train, args.test, val=args.val, classes=args.classes,
-                                     image_root=args.image_root, check_files=False)
-    raise UserError(f"unknown data source {args.source!r}")
-
-
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .data.check import check_dataset
+    from .data.sources import load_dataset
 
-    dataset = _dataset_from_args(args)
+    dataset = load_dataset(args.source, root=args.root, train=args.train, val=args.val, test=args.test,
+                           classes=args.classes, image_root=args.image_root, check_files=False)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     report = check_dataset(dataset, num_workers=workers, progress=not args.quiet)
     print(report.format(max_listed=args.max_listed))
@@ -166,11 +177,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_features(args: argparse.Namespace) -> int:
     """Fill the feature cache for a config (sharded across ranks under torchrun)."""
     from . import distributed as dist_utils
-    from .engine.config import load_config
     from .engine.data import prepare, resolve_device
 
-    overrides = _overrides(args)
-    cfg = load_config(args.config, overrides)
+    cfg = _config(args)
     device = resolve_device(cfg.run.device)
     dist_utils.init_from_env(str(device))
     prepared = prepare(cfg, device)
@@ -184,50 +193,59 @@ def cmd_data_features(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.demo import run_demo
 
+    if args.classes < 2:
+        raise UserError(f"--classes {args.classes}: the world needs at least 2 classes (20: VOC-LT-like, 80: COCO-LT-like)")
     run_demo(out_dir=args.out, quick=args.quick, world_seed=args.world_seed, num_classes=args.classes,
              seeds=args.seeds, cache_dir=args.cache_dir, device=args.device)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmpt", description="Long-tailed multi-label recognition with CLIP prompt "
-                                "tuning (LMPT): train, evaluate, predict, sweep, demo.", epilog=EPILOG)
-    p.add_argument("--version", action="version", version=f"lmpt {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="show INFO logs on the console")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+def _run_parser(prog: str, description: str, config: str = "optional", select: bool = True) -> _Parser:
+    sp = _Parser(prog=prog, description=description, epilog=EPILOG)
+    if config == "optional":
+        sp.add_argument("config", nargs="?", default=None, help="YAML config, built-in name, or `world`")
+    else:
+        sp.add_argument("config", help="YAML config, built-in name, or `world`")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (section.key=value)")
+    if select:
+        sp.add_argument("--select-on", choices=["last", "val", "test"], default=None,
+                        help="checkpoint selection (test = oracle, labelled as such)")
+    sp.add_argument("--out", default=None, help="output folder for runs (run.output_dir)")
+    sp.add_argument("--name", default=None, help="run name (folder under --out)")
+    sp.add_argument("--seed", type=int, default=None, help="random seed (run.seed)")
+    sp.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    sp.add_argument("-v", "--verbose", action="store_true", help="show INFO logs on the console")
+    return sp
 
-    def run_flags(sp: argparse.ArgumentParser, select: bool = True) -> None:
-        sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (section.key=value)")
-        if select:
-            sp.add_argument("--select-on", choices=["last", "val", "test"], default=None,
-                            help="checkpoint selection (test = oracle, labelled as such)")
-        sp.add_argument("--out", default=None, help="output folder for runs (run.output_dir)")
-        sp.add_argument("--name", default=None, help="run name (folder under --out)")
-        sp.add_argument("--seed", type=int, default=None, help="random seed (run.seed)")
-        sp.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
 
-    sp = sub.add_parser("train", help="train a prompt", epilog=EPILOG,
-                        description="Train class-specific prompts. CONFIG is a YAML file or a built-in name "
-                                    "(voc-lt-rn50, voc-lt-vitb16, coco-lt-rn50, coco-lt-vitb16, world).")
-    sp.add_argument("config", nargs="?", default=None, help="YAML config or built-in name")
-    sp.add_argument("--method", default=None, choices=["coop", "coop-db", "lmpt", "lmpt-asl", "zeroshot"])
+def _train_parser() -> _Parser:
+    from .engine.methods import METHODS
+
+    sp = _run_parser("lmpt train", "Train a classifier: class-specific prompts (or the linear probe). CONFIG is a "
+                                   "YAML file, a built-in name (voc-lt-rn50, voc-lt-vitb16, coco-lt-rn50, "
+                                   "coco-lt-vitb16) or `world` (the generated benchmark).")
+    sp.add_argument("--method", default=None, choices=list(METHODS), help="run.method")
     sp.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run from its checkpoint")
-    run_flags(sp)
-    sp.set_defaults(func=cmd_train)
+    return sp
 
-    sp = sub.add_parser("zeroshot", help="evaluate zero-shot CLIP (prompt-template ensemble)", epilog=EPILOG)
-    sp.add_argument("config", help="YAML config or built-in name")
-    run_flags(sp, select=False)
-    sp.set_defaults(func=cmd_zeroshot)
 
-    sp = sub.add_parser("eval", help="re-evaluate a finished run", epilog=EPILOG)
+def _zeroshot_parser() -> _Parser:
+    return _run_parser("lmpt zeroshot", "Evaluate zero-shot CLIP (prompt templates).", config="required",
+                       select=False)
+
+
+def _eval_parser() -> _Parser:
+    sp = _Parser(prog="lmpt eval", description="Re-evaluate a finished run.", epilog=EPILOG)
     sp.add_argument("run_dir", help="run folder written by lmpt train")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.root=/new/path")
-    sp.set_defaults(func=cmd_eval)
+    sp.add_argument("-v", "--verbose", action="store_true")
+    return sp
 
-    sp = sub.add_parser("predict", help="label new images with a trained prompt")
+
+def _predict_parser() -> _Parser:
+    sp = _Parser(prog="lmpt predict", description="Label new images with a trained run.")
     sp.add_argument("images", nargs="+", help="image files")
-    sp.add_argument("--run", required=True, help="run folder (or its prompt.safetensors)")
+    sp.add_argument("--run", required=True, help="run folder (or its .safetensors classifier file)")
     sp.add_argument("--threshold", type=float, default=None, help="report labels with score >= T "
                     "(default 0.5 for sigmoid, 0.3 for softmax)")
     sp.add_argument("--top-k", type=int, default=None, help="report the K best labels instead of a threshold")
@@ -236,19 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=["table", "json"], default="table")
     sp.add_argument("--weights", default=None, help="CLIP weights file, if it moved since training")
     sp.add_argument("--device", default=None)
-    sp.set_defaults(func=cmd_predict)
+    sp.add_argument("-v", "--verbose", action="store_true")
+    return sp
 
-    sp = sub.add_parser("sweep", help="methods x seeds, with a mean ± std table", epilog=EPILOG)
-    sp.add_argument("config", help="YAML config or built-in name")
+
+def _sweep_parser() -> _Parser:
+    sp = _run_parser("lmpt sweep", "Methods x seeds on one feature cache, with a mean ± std table.",
+                     config="required")
     sp.add_argument("--methods", default="zeroshot,coop,coop-db,lmpt", help="comma-separated methods")
     sp.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    run_flags(sp)
-    sp.set_defaults(func=cmd_sweep)
+    return sp
 
-    data = sub.add_parser("data", help="check data sets, fill the feature cache")
-    dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
-    sp = dsub.add_parser("check", help="check that every image exists and decodes; print a summary")
-    sp.add_argument("source", choices=["voc-lt", "coco-lt", "manifest"])
+
+def _check_parser() -> _Parser:
+    from .data.sources import DATA_SOURCES
+
+    sp = _Parser(prog="lmpt data check", description="Check that every image exists and decodes; print a summary.")
+    sp.add_argument("source", choices=list(DATA_SOURCES))
     sp.add_argument("--root", default=None, help="folder holding VOCdevkit/ or train2017/ + val2017/")
     sp.add_argument("--train", default=None)
     sp.add_argument("--val", default=None)
@@ -258,15 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=None)
     sp.add_argument("--max-listed", type=int, default=20)
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
-    sp.set_defaults(func=cmd_data_check)
-    sp = dsub.add_parser("features", help="compute the image-feature cache of a config (torchrun: sharded)",
-                         epilog=EPILOG)
-    sp.add_argument("config", help="YAML config or built-in name")
-    run_flags(sp, select=False)
-    sp.set_defaults(func=cmd_data_features)
-    data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
+    sp.add_argument("-v", "--verbose", action="store_true")
+    return sp
 
-    sp = sub.add_parser("demo", help="the offline benchmark: generated world, small CLIP, all methods x 3 seeds")
+
+def _features_parser() -> _Parser:
+    return _run_parser("lmpt data features", "Compute the image-feature cache of a config (torchrun: sharded).",
+                       config="required", select=False)
+
+
+def _demo_parser() -> _Parser:
+    sp = _Parser(prog="lmpt demo", description="The offline benchmark: generated world, small CLIP, every method "
+                                                "x 3 seeds.")
     sp.add_argument("--quick", action="store_true", help="a smaller, faster version (< 2 min) for smoke tests")
     sp.add_argument("--out", default="lmpt-demo", help="output folder (default: ./lmpt-demo)")
     sp.add_argument("--world-seed", type=int, default=0)
@@ -274,29 +299,91 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2)")
     sp.add_argument("--cache-dir", default=None)
     sp.add_argument("--device", default="auto")
-    sp.set_defaults(func=cmd_demo)
-    return p
+    sp.add_argument("-v", "--verbose", action="store_true")
+    return sp
+
+
+# command -> (one-line help, parser factory, handler)
+COMMANDS: dict[str, tuple[str, Callable[[], _Parser], Callable[[argparse.Namespace], int]]] = {
+    "train": ("train a classifier (prompts, or --method linear-probe)", _train_parser, cmd_train),
+    "zeroshot": ("evaluate zero-shot CLIP", _zeroshot_parser, cmd_zeroshot),
+    "eval": ("re-evaluate a finished run", _eval_parser, cmd_eval),
+    "predict": ("label new images with a trained run", _predict_parser, cmd_predict),
+    "sweep": ("methods x seeds, with a mean ± std table", _sweep_parser, cmd_sweep),
+    "data check": ("check a data set's images and print a summary", _check_parser, cmd_data_check),
+    "data features": ("fill the feature cache of a config (torchrun: sharded)", _features_parser, cmd_data_features),
+    "demo": ("the offline benchmark: generated world, all methods x 3 seeds", _demo_parser, cmd_demo),
+}
+
+
+def _top_help() -> str:
+    lines = [f"usage: lmpt COMMAND [options] [KEY=VALUE ...]   (lmpt {__version__})", "",
+             "Long-tailed multi-label recognition with CLIP prompt tuning (LMPT).", "", "commands:"]
+    lines += [f"  {name:<15} {text}" for name, (text, _, _) in COMMANDS.items()]
+    lines += ["", "`lmpt COMMAND --help` shows a command's options. " + EPILOG, "",
+              "options: -v/--verbose (INFO logs on the console), --version"]
+    return "\n".join(lines)
+
+
+def _split_command(argv: list[str]) -> tuple[Optional[str], list[str]]:
+    if argv[:1] == ["data"] and len(argv) > 1 and f"data {argv[1]}" in COMMANDS:
+        return f"data {argv[1]}", argv[2:]
+    if argv and argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    return None, argv
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv[:1])
+    if verbose:
+        argv = argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"lmpt {__version__}")
+        return 0
+    command, rest = _split_command(argv)
+    if command is None and argv[0] == "data":
+        print("error: `lmpt data` needs an action: `lmpt data check ...` or `lmpt data features ...`", file=sys.stderr)
         return 2
-    _setup_logging(args.verbose)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("LMPT_ALLOW_DOWNLOAD") != "1" else None
+    if command is None:
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], [c.split()[0] for c in COMMANDS], n=1)
+        hint = f" Did you mean `lmpt {close[0]}`?" if close else ""
+        print(f"error: unknown command {' '.join(argv[:2]) if argv[0] == 'data' else argv[0]!r}.{hint} "
+              f"Commands: {', '.join(COMMANDS)}.", file=sys.stderr)
+        return 2
+    _, make_parser, handler = COMMANDS[command]
     try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
+        args = make_parser().parse_intermixed_args(rest)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    args.command = f"lmpt {command}"
+    _setup_logging(verbose or getattr(args, "verbose", False))
+    if os.environ.get("LMPT_ALLOW_DOWNLOAD") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return int(handler(args) or 0)
+    except (UserError, ValueError) as exc:
+        if getattr(args, "verbose", False) or verbose:
+            raise
         rank = os.environ.get("RANK")
         prefix = f"error (rank {rank}): " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else "error: "
-        print(prefix + str(exc), file=sys.stderr)
+        print(prefix + " ".join(str(exc).split("\n")[0:1]) + _more_lines(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted. Finished work is kept: feature chunks stay cached and `lmpt train --resume RUN_DIR` "
               "continues a run from its last checkpoint.", file=sys.stderr)
         return 130
+
+
+def _more_lines(exc: BaseException) -> str:
+    """Data errors may list several problems, one per line: keep them after the first line."""
+    lines = str(exc).split("\n")
+    return ("\n" + "\n".join(lines[1:])) if len(lines) > 1 else ""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .registry import Registry
+
 __all__ = [
     "DistributionBalancedLoss",
     "ClassSpecificEmbeddingLoss",
@@ -38,6 +40,8 @@ __all__ = [
     "CSE_FORMS",
     "CSE_DISTANCES",
     "CLASSIFICATION_LOSSES",
+    "DB_PARAMS",
+    "ASL_PARAMS",
 ]
 
 Counts = Union[Sequence[float], np.ndarray, torch.Tensor]
@@ -45,7 +49,6 @@ Counts = Union[Sequence[float], np.ndarray, torch.Tensor]
 DB_FOCAL_MODES = ("elementwise", "batch")
 CSE_FORMS = ("hinge", "reference")
 CSE_DISTANCES = ("mean", "sum")
-CLASSIFICATION_LOSSES = ("db", "bce", "focal", "asl")
 
 # Smallest allowed "repeat rate" r_b of an image in the DB weights. A row without positives
 # has r_b = 0; clamping gives (1/n_c)/r_b ~ 1e12/n_c, so sigmoid(...) = 1 and w = 1 + alpha,
@@ -53,6 +56,7 @@ CLASSIFICATION_LOSSES = ("db", "bce", "focal", "asl")
 _MIN_REPEAT_RATE = 1e-12
 
 _DB_DEFAULTS = dict(alpha=0.1, beta=10.0, mu=0.3, kappa=0.05, neg_scale=5.0, gamma=2.0, balance=2.0)
+DB_PARAMS = tuple(_DB_DEFAULTS)  # the keyword arguments a DB preset (or ``loss.db``) may set
 DB_PRESETS: dict[str, dict[str, float]] = {
     "voc-lt": {**_DB_DEFAULTS, "mu": 0.3, "neg_scale": 5.0},
     "coco-lt": {**_DB_DEFAULTS, "mu": 0.2, "neg_scale": 2.0},
@@ -355,6 +359,7 @@ class FocalLoss(nn.Module):
 
 
 ASL_REDUCTIONS = ("mean", "sum")
+ASL_PARAMS = ("gamma_neg", "gamma_pos", "clip", "eps", "reduction", "focal_grad")
 
 
 class AsymmetricLoss(nn.Module):
@@ -442,18 +447,18 @@ class LMPTLoss(nn.Module):
         return f"lam={self.lam}"
 
 
+# Classification losses by name: each builder takes ``(class_freq, num_train, **kwargs)``.
+CLASSIFICATION_LOSSES: Registry = Registry("classification loss")
+CLASSIFICATION_LOSSES.register("db", lambda freq, n, **kw: DistributionBalancedLoss(freq, n, **kw))
+CLASSIFICATION_LOSSES.register("bce", lambda freq, n, **kw: BCELoss(**kw))
+CLASSIFICATION_LOSSES.register("focal", lambda freq, n, **kw: FocalLoss(**kw))
+CLASSIFICATION_LOSSES.register("asl", lambda freq, n, **kw: AsymmetricLoss(**kw))
+
+
 def build_classification_loss(name: str, class_freq: Counts, num_train: int, **kwargs) -> nn.Module:
-    """Classification loss by name: ``"db"``, ``"bce"``, ``"focal"`` or ``"asl"``.
+    """Classification loss by name: ``"db"``, ``"bce"``, ``"focal"`` or ``"asl"`` (see ``CLASSIFICATION_LOSSES``).
 
     ``class_freq``/``num_train`` are used by ``"db"`` only; ``kwargs`` go to the constructor.
     """
-    key = str(name).strip().lower()
-    if key == "db":
-        return DistributionBalancedLoss(class_freq, num_train, **kwargs)
-    if key == "bce":
-        return BCELoss(**kwargs)
-    if key == "focal":
-        return FocalLoss(**kwargs)
-    if key == "asl":
-        return AsymmetricLoss(**kwargs)
-    raise ValueError(f"unknown classification loss {name!r}; known: {', '.join(CLASSIFICATION_LOSSES)}")
+    builder = CLASSIFICATION_LOSSES.lookup(name, normalize=lambda n: str(n).strip().lower())
+    return builder(class_freq, num_train, **kwargs)

@@ -16,6 +16,19 @@ from .backbone import CLIPBackbone
 from .prompts import PromptConfig, PromptLearner, encode_token_embeddings
 
 
+def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, scale: float,
+                  normalize_images: bool = True) -> torch.Tensor:
+    """``scale * cos(image_b, text_c)`` as ``[B, C]``: the one scoring rule of every method.
+
+    ``text_features`` must be L2-normalised; ``image_features`` are normalised here unless
+    ``normalize_images=False`` says they already are.
+    """
+    img = image_features.to(text_features.dtype)
+    if normalize_images:
+        img = F.normalize(img, dim=-1)
+    return scale * img @ text_features.t()
+
+
 class PromptCLIP(nn.Module):
     """Frozen CLIP with a trainable :class:`PromptLearner`; only ``prompt_learner.ctx`` trains."""
 
@@ -59,8 +72,7 @@ class PromptCLIP(nn.Module):
         """Scaled cosine logits ``[B, C]``; ``image_features`` need not be normalised."""
         if text_features is None:
             text_features = self.encode_text()
-        img = F.normalize(image_features.to(text_features.dtype), dim=-1)
-        return self.logit_scale.to(img.dtype) * img @ text_features.t()
+        return cosine_logits(image_features, text_features, float(self.logit_scale))
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return self.logits(image_features)
@@ -78,7 +90,31 @@ class PromptCLIP(nn.Module):
             self.prompt_learner.ctx.copy_(ctx.to(self.prompt_learner.ctx))
 
 
-def build_prompt_model(backbone: CLIPBackbone, class_names: Sequence[str],
-                       prompt_cfg: Optional[PromptConfig] = None) -> PromptCLIP:
-    """Factory for :class:`PromptCLIP`."""
-    return PromptCLIP(backbone, class_names, prompt_cfg)
+class LinearProbe(nn.Module):
+    """``Linear(D, C)`` on frozen image features: the reference's "CLIP fine-tune" baseline (``finetune_clip/fc.py``).
+
+    The input is the L2-normalised image feature times CLIP's logit scale (the reference feeds the raw
+    feature; scaling a unit vector makes the zero-shot initialisation exact and keeps AdamW's step size
+    meaningful whatever the backbone's feature norm). ``init_text_features`` (``[C, D]``, normalised) starts
+    the layer at zero-shot CLIP: weights = class text features, bias = 0.
+    """
+
+    def __init__(self, dim: int, num_classes: int, scale: float,
+                 init_text_features: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        self.scale = float(scale)
+        self.linear = nn.Linear(dim, num_classes)
+        if init_text_features is not None:
+            if tuple(init_text_features.shape) != (num_classes, dim):
+                raise ValueError(f"init_text_features must be [{num_classes}, {dim}], got "
+                                 f"{tuple(init_text_features.shape)}")
+            with torch.no_grad():
+                self.linear.weight.copy_(init_text_features)
+                self.linear.bias.zero_()
+
+    def forward(self, image_features: torch.Tensor, normalize_images: bool = True) -> torch.Tensor:
+        x = image_features.to(self.linear.weight.dtype)
+        if normalize_images:
+            x = F.normalize(x, dim=-1)
+        return self.linear(self.scale * x)
+

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import CLIPBackbone
-
-TEMPLATE_MODES = ("ensemble", "reference", "simple")
+from .registry import Registry
 
 
 def imagenet_templates() -> list[Callable[[str], str]]:
@@ -24,16 +23,16 @@ def imagenet_templates() -> list[Callable[[str], str]]:
     return list(OPENAI_IMAGENET_TEMPLATES)
 
 
+# Template modes by name: each maps a class name to the texts whose features are averaged.
+TEMPLATE_MODES: Registry[Callable[[str], list[str]]] = Registry("template mode")
+TEMPLATE_MODES.register("ensemble", lambda name: [t(name) for t in imagenet_templates()])
+TEMPLATE_MODES.register("reference", lambda name: [" ".join(t(name) for t in imagenet_templates())[:76]])
+TEMPLATE_MODES.register("simple", lambda name: [f"a photo of a {name}."])
+
+
 def class_texts(name: str, mode: str) -> list[str]:
     """The prompt texts for one class under a template mode."""
-    if mode == "simple":
-        return [f"a photo of a {name}."]
-    templates = imagenet_templates()
-    if mode == "ensemble":
-        return [t(name) for t in templates]
-    if mode == "reference":
-        return [" ".join(t(name) for t in templates)[:76]]
-    raise ValueError(f"unknown template mode {mode!r}; expected one of {TEMPLATE_MODES}")
+    return TEMPLATE_MODES.lookup(mode)(name)
 
 
 @torch.no_grad()

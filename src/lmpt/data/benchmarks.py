@@ -158,16 +158,27 @@ def _stats(folder: str) -> dict:
 def benchmark_class_names(name: str, style: str = "readable") -> list[str]:
     """The class names of a packaged benchmark (``"voc-lt"`` or ``"coco-lt"``), in label-id order.
 
-    ``style="readable"`` gives prompt-ready names ("dining table"), ``"raw"`` the reference's ("diningtable").
+    ``style="readable"`` gives prompt-ready names ("dining table"), ``"raw"`` the reference's training-prompt
+    names ("diningtable", "traffic light"), ``"first-word"`` the reference's zero-shot script's ("diningtable",
+    "traffic": it splits each label-file line at the first space).
     """
     spec = _SPECS[canonical_name(name)]
     return _styled_names(_parse_class_names(spec.folder, spec.labels), style)
 
 
+# How class names are written in prompts: "readable" (ours), "raw" (the reference's training prompts) and
+# "first-word" (the reference's zero-shot script, which keeps only the first word of each label-file line).
+CLASS_NAME_STYLES = ("readable", "raw", "first-word")
+
+
 def _styled_names(raw_names: list[str], style: str) -> list[str]:
-    if style not in ("readable", "raw"):
-        raise ValueError(f"class_names must be 'readable' or 'raw', got {style!r}")
-    return [readable_class_name(n) for n in raw_names] if style == "readable" else list(raw_names)
+    if style not in CLASS_NAME_STYLES:
+        raise ValueError(f"class_names must be one of {', '.join(CLASS_NAME_STYLES)}, got {style!r}")
+    if style == "readable":
+        return [readable_class_name(n) for n in raw_names]
+    if style == "first-word":
+        return [n.split()[0] for n in raw_names]
+    return list(raw_names)
 
 
 def resolve_root(name: str, root: Union[str, Path]) -> Path:
@@ -219,7 +230,7 @@ def load_benchmark(name: str, root: Union[str, Path], val_fraction: float = 0.0,
     packaged ``class_stats.json``); head/medium/tail groups come from it even when ``val_fraction > 0``
     carves a validation split out of train (see :func:`lmpt.data.splits.split_train_val`).
     ``class_names="readable"`` (default) applies :func:`readable_class_name`; ``"raw"`` keeps the
-    reference's names. Train captions go with the train (and val) split; test has none.
+    reference's names; ``"first-word"`` keeps the first word of each (the reference's zero-shot script). Train captions go with the train (and val) split; test has none.
     Image files are not opened here (see :func:`lmpt.data.check.check_dataset`).
     """
     _styled_names([], class_names)  # a bad style fails before any file is read

@@ -14,6 +14,7 @@ feature cache can store both variants of every training image.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -21,14 +22,29 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
 from ..errors import DataError
+from ..registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-MODES = ("reference", "clip")
-_DEFAULT_INTERPOLATION = {"reference": "bilinear", "clip": "bicubic"}
+
+
+@dataclass(frozen=True)
+class PreprocessMode:
+    """A preprocessing mode: how an image is resized to ``s x s`` and which statistics normalise it."""
+
+    resize: str  # "squash" (Resize((s, s))) or "shortest_side+center_crop" (Resize(s) + CenterCrop(s))
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+PREPROCESSING: Registry[PreprocessMode] = Registry("preprocessing mode")
+PREPROCESSING.register("reference", PreprocessMode("squash", "bilinear", IMAGENET_MEAN, IMAGENET_STD))
+PREPROCESSING.register("clip", PreprocessMode("shortest_side+center_crop", "bicubic", OPENAI_CLIP_MEAN,
+                                              OPENAI_CLIP_STD))
 _INTERPOLATIONS = {
     "nearest": T.InterpolationMode.NEAREST,
     "bilinear": T.InterpolationMode.BILINEAR,
@@ -61,21 +77,14 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
 
 
 def _resolve(mode: str, mean, std, interpolation) -> tuple[tuple, tuple, str]:
-    if mode not in MODES:
-        raise ValueError(f"unknown preprocessing mode {mode!r}; expected one of {MODES}")
-    if mean is None:
-        mean = IMAGENET_MEAN if mode == "reference" else OPENAI_CLIP_MEAN
-    if std is None:
-        std = IMAGENET_STD if mode == "reference" else OPENAI_CLIP_STD
-    mean = tuple(float(x) for x in mean)
-    std = tuple(float(x) for x in std)
+    spec = PREPROCESSING.lookup(mode)
+    mean = tuple(float(x) for x in (spec.mean if mean is None else mean))
+    std = tuple(float(x) for x in (spec.std if std is None else std))
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"mean and std need 3 values (RGB), got mean={mean} std={std}")
     if any(s <= 0 for s in std):
         raise ValueError(f"std values must be positive, got {std}")
-    if interpolation is None:
-        interpolation = _DEFAULT_INTERPOLATION[mode]
-    interpolation = str(interpolation).lower()
+    interpolation = str(spec.interpolation if interpolation is None else interpolation).lower()
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {tuple(_INTERPOLATIONS)}")
     return mean, std, interpolation
@@ -102,7 +111,7 @@ def build_transform(mode: str, image_size: int = 224, mean: Optional[Sequence[fl
     if s <= 0:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
     im = _INTERPOLATIONS[interp]
-    if mode == "reference":
+    if PREPROCESSING[mode].resize == "squash":
         steps = [T.Resize((s, s), interpolation=im)]
     else:
         steps = [T.Resize(s, interpolation=im), T.CenterCrop(s)]
@@ -122,7 +131,7 @@ def transform_signature(mode: str, image_size: int = 224, mean: Optional[Sequenc
     return {
         "mode": mode,
         "image_size": int(image_size),
-        "resize": "squash" if mode == "reference" else "shortest_side+center_crop",
+        "resize": PREPROCESSING[mode].resize,
         "interpolation": interp,
         "mean": list(mean),
         "std": list(std),

@@ -250,6 +250,27 @@ def _build_split(split_name: str, path: Path, rows: list[_Row], classes: list[st
                            captions=captions if has_caption else None)
 
 
+def load_manifest_split(path: PathLike, classes: Union[PathLike, Sequence[str]], image_root: Optional[PathLike] = None,
+                        name: str = "split") -> MultiLabelSplit:
+    """One manifest as a :class:`MultiLabelSplit` with the label columns of ``classes`` (a class list file or names).
+
+    Problems are reported like :func:`load_manifest_dataset`'s, with file and line; image files are not checked.
+    """
+    path = Path(path).expanduser()
+    if isinstance(classes, (str, os.PathLike)):
+        class_names = read_class_list(classes)
+        class_source = f"class list {classes}"
+    else:
+        class_names, class_source = [str(c) for c in classes], "the given class names"
+    errors: list[str] = []
+    rows = _read_manifest(path, errors)
+    base = Path(image_root).expanduser() if image_root is not None else path.parent
+    split = _build_split(name, path, rows, class_names, base.absolute(), errors, class_source)
+    if errors:
+        raise DataError(_fmt_errors(errors, str(path)) + "\nFix these rows and run again.")
+    return split
+
+
 def load_manifest_dataset(train: PathLike, test: PathLike, val: Optional[PathLike] = None,
                           classes: Union[PathLike, Sequence[str], None] = None, image_root: Optional[PathLike] = None,
                           val_fraction: float = 0.0, seed: int = 0, name: str = "custom",

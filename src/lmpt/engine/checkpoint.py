@@ -1,10 +1,11 @@
-"""Checkpoints: the trained prompt (safetensors + metadata) and the resumable training state.
+"""Checkpoints: the trained classifier (safetensors + metadata) and the resumable training state.
 
-* ``prompt.safetensors``: the learned context ``ctx`` with JSON metadata (backbone name and weights
-  fingerprint, class names, resolved config, which epoch and how it was selected). This is what
-  ``lmpt eval`` and ``lmpt predict`` load.
-* ``state.pt``: everything needed to continue a killed run bit for bit on the CPU (context, optimiser
-  and scheduler state, the sampling RNG, history, best-so-far). Written after every epoch.
+* ``prompt.safetensors`` (prompt methods: the learned context ``ctx``) or ``probe.safetensors``
+  (``linear-probe``: ``linear.weight``, ``linear.bias``), with JSON metadata: backbone name and weights
+  fingerprint, class names, resolved config, which epoch and how it was selected, the preprocessing.
+  This is what ``lmpt eval``, ``lmpt predict`` and ``lmpt export`` load.
+* ``state.pt``: everything needed to continue a killed run bit for bit on the CPU (weights, optimiser,
+  scheduler and loss-scaler state, the sampling RNG, history, best-so-far). Written after every epoch.
 
 Both are written atomically: a crash while writing leaves the previous file intact.
 """
@@ -21,38 +22,52 @@ from ..errors import CheckpointError
 from ..io import atomic_path
 
 PROMPT_FILE = "prompt.safetensors"
+PROBE_FILE = "probe.safetensors"
+MODEL_FILES = {"prompt": PROMPT_FILE, "probe": PROBE_FILE}
 STATE_FILE = "state.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
-def save_prompt(path: Union[str, Path], ctx: torch.Tensor, meta: dict[str, Any]) -> None:
-    """Write the context and its metadata to a safetensors file, atomically."""
+def save_weights(path: Union[str, Path], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write a run's learned tensors and their metadata to a safetensors file, atomically."""
     from safetensors.torch import save_file
 
     meta = dict(meta, format_version=FORMAT_VERSION)
     with atomic_path(path) as tmp:
-        save_file({"ctx": ctx.detach().cpu().float().contiguous()}, str(tmp), metadata={"lmpt": json.dumps(meta)})
+        save_file({k: v.detach().cpu().float().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"lmpt": json.dumps(meta)})
 
 
-def load_prompt(path: Union[str, Path]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Read a prompt checkpoint: ``(ctx, metadata)``."""
-    from safetensors import safe_open
-
+def model_file(path: Union[str, Path]) -> Path:
+    """The classifier file of a run folder (or the file itself)."""
     path = Path(path)
     if path.is_dir():
-        path = path / PROMPT_FILE
+        for name in MODEL_FILES.values():
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"no trained classifier in {path}: pass a run folder written by `lmpt train` "
+                              f"(it holds {PROMPT_FILE} or {PROBE_FILE}) or the .safetensors file itself")
     if not path.is_file():
-        raise CheckpointError(f"no prompt checkpoint at {path}: pass a run folder written by `lmpt train` "
-                              f"(it holds {PROMPT_FILE}) or the .safetensors file itself")
+        raise CheckpointError(f"no classifier file at {path}: pass a run folder written by `lmpt train` "
+                              f"or its {PROMPT_FILE} / {PROBE_FILE}")
+    return path
+
+
+def load_weights(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a run's classifier file: ``(tensors, metadata)``."""
+    from safetensors import safe_open
+
+    path = model_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("lmpt", "{}"))
-            ctx = f.get_tensor("ctx")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable lmpt prompt checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path} is not a readable lmpt classifier file ({type(exc).__name__}: {exc})") from None
     if not meta:
         raise CheckpointError(f"{path} has no lmpt metadata; was it written by `lmpt train`?")
-    return ctx, meta
+    meta.setdefault("kind", "probe" if path.name == PROBE_FILE else "prompt")
+    return tensors, meta
 
 
 def check_compatible(meta: dict[str, Any], class_names: Sequence[str], backbone: CLIPBackbone,

@@ -1,15 +1,15 @@
-"""Run configuration: dataclasses, YAML files, ``section.key=value`` overrides, method presets.
+"""Run configuration: dataclasses, YAML files, ``section.key=value`` overrides.
 
-A config has five sections (``model``, ``data``, ``loss``, ``optim``, ``run``). YAML files may set any
-subset; the rest keep the defaults below, which are the LMPT reference's hyperparameters. Built-in
-configs ship inside the package (``lmpt/configs/*.yaml``) and can be named without a path, e.g.
-``lmpt train voc-lt-rn50``.
+A config has six sections (``model``, ``data``, ``loss``, ``optim``, ``probe``, ``run``). YAML files may set
+any subset; the rest keep the defaults below, which are the LMPT reference's hyperparameters. Built-in configs
+ship inside the package (``lmpt/configs/*.yaml``) and can be named without a path, e.g.
+``lmpt train voc-lt-rn50``. Values are checked by :func:`lmpt.engine.validation.validate` when a config is
+loaded.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -18,24 +18,16 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 
 from ..errors import ConfigError
-
-METHODS = ("zeroshot", "coop", "coop-db", "lmpt", "lmpt-asl")
-METHOD_LOSSES = {
-    # method: (classification loss, CSE on?)
-    "coop": ("bce", False),
-    "coop-db": ("db", False),
-    "lmpt": ("db", True),
-    "lmpt-asl": ("asl", True),
-}
+from ..registry import Registry
 
 
 @dataclass
 class ModelConfig:
     """Backbone and prompts."""
 
-    backbone: str = "RN50"
+    backbone: str = "RN50"  # any open_clip architecture (a model config JSON beside the weights file works too)
     pretrained: Optional[str] = None  # weights file (or tag, offline only if cached); None = random init
-    quick_gelu: Any = "auto"
+    quick_gelu: Any = "auto"  # auto (QuickGELU exactly for OpenAI's weights) | true | false
     n_ctx: int = 16
     class_specific: bool = True
     ctx_init: Optional[str] = None
@@ -46,17 +38,17 @@ class ModelConfig:
 class DataConfig:
     """Where the images, labels and captions come from, and how they are preprocessed."""
 
-    dataset: str = "voc-lt"  # voc-lt | coco-lt | manifest | world
+    dataset: str = "voc-lt"  # voc-lt | coco-lt | manifest (lmpt.data.sources.DATA_SOURCES)
     root: Optional[str] = None  # folder holding VOCdevkit/ (VOC-LT) or train2017/, val2017/ (COCO-LT)
     train: Optional[str] = None  # manifests (dataset=manifest)
     val: Optional[str] = None
     test: Optional[str] = None
     classes: Optional[str] = None
     image_root: Optional[str] = None
-    class_names: str = "readable"  # readable | raw
+    class_names: str = "readable"  # readable | raw (the reference's prompts) | first-word (its zero-shot script)
     val_fraction: float = 0.1  # carved from train when there is no val manifest; 0 = no validation split
     split_seed: int = 0
-    preprocess: str = "reference"  # reference | clip
+    preprocess: str = "reference"  # reference | clip (lmpt.data.images.PREPROCESSING)
     captions: str = "auto"  # auto (use captions, CSE off without them) | class-names | off
     caption_chars: int = 75
     cache_dir: Optional[str] = None  # default: $LMPT_CACHE_DIR or ~/.cache/lmpt (generated world, features)
@@ -64,8 +56,6 @@ class DataConfig:
     num_workers: Optional[int] = None
     feature_batch_size: int = 128
     feature_chunk_size: int = 1024  # images per cache chunk: the unit of resuming and of torchrun sharding
-    world_classes: int = 20
-    world_seed: int = 0
 
 
 @dataclass
@@ -78,12 +68,12 @@ class LossConfig:
     db_preset: Optional[str] = None  # voc-lt | coco-lt; default: the data set's name when it has one
     db_focal: str = "batch"  # batch (LMPT reference) | elementwise (original DB paper)
     db: dict = field(default_factory=dict)  # overrides: alpha, beta, mu, kappa, neg_scale, gamma, balance
-    cse_form: str = "reference"  # reference | hinge (chosen on the world's validation split, README)
+    cse_form: str = "reference"  # reference | hinge (chosen on the world's validation split, docs/method.md)
     cse_distance: str = "sum"  # sum | mean
     cse_margin: float = 0.2
     cse_gamma: float = 2.0
     cse_shift: int = 2
-    asl: dict = field(default_factory=dict)
+    asl: dict = field(default_factory=dict)  # gamma_neg, gamma_pos, clip, eps, reduction, focal_grad
     focal_gamma: float = 2.0
 
 
@@ -97,25 +87,36 @@ class OptimConfig:
     weight_decay: float = 1e-4
     batch_size: int = 64
     epochs: int = 50
-    schedule: str = "plateau"  # plateau (on validation mAP) | cosine | constant
+    schedule: str = "plateau"  # plateau (validation mAP, or the training loss without a val split) | cosine | constant
     patience: int = 5
     factor: float = 0.1
     min_lr: float = 1e-7
 
 
 @dataclass
+class ProbeConfig:
+    """The ``linear-probe`` method: ``Linear(D, C)`` on cached image features (the reference's finetune_clip/fc.py)."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    init: str = "random"  # random | zeroshot (the zero-shot classifier: starts at zero-shot CLIP's scores)
+
+
+@dataclass
 class RunConfig:
     """What to run and where to write it."""
 
-    method: str = "lmpt"  # zeroshot | coop | coop-db | lmpt | lmpt-asl | custom
+    method: str = "lmpt"  # zeroshot | linear-probe | coop | coop-db | lmpt | lmpt-asl | custom
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16 (with loss scaling)
     select: str = "last"  # last | val | test (test = oracle selection, labelled as such)
     protocol: str = "softmax"  # the headline scoring protocol: softmax (reference) | sigmoid
     output_dir: str = "runs"
     name: Optional[str] = None
     templates: str = "ensemble"  # zero-shot prompts: ensemble | reference | simple
+    zeroshot_protocol: str = "matched"  # matched (the runs' own features) | reference (the reference's script)
     cuda_graphs: str = "auto"  # auto | on | off: replay the training step as a CUDA graph on GPUs
     progress: bool = True
     checkpoint_every: int = 1  # epochs between resumable training-state checkpoints
@@ -127,6 +128,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
@@ -139,17 +141,14 @@ class Config:
         return copy.deepcopy(self)
 
 
-SECTIONS = {f.name: f.type for f in fields(Config)}
+_SECTION_CLASSES = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+SECTIONS: Registry = Registry("config section")
+for _name, _cls in _SECTION_CLASSES.items():
+    SECTIONS.register(_name, _cls)
 
 
-def _section_fields(section: str) -> dict[str, dataclasses.Field]:
-    cls = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig, "run": RunConfig}[section]
-    return {f.name: f for f in fields(cls)}
-
-
-def _suggest(name: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
-    return f" Did you mean {' or '.join(close)}?" if close else ""
+def section_fields(section: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(SECTIONS[section])}
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -175,9 +174,11 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, str) and not isinstance(value, str):
         if isinstance(value, bool):
             return value  # e.g. quick_gelu: true
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a single value, got {value!r}")
         return str(value)
     if isinstance(default, dict) and not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        raise ConfigError(f"{where} must be a mapping like {{key: value}}, got {value!r}")
     return value
 
 
@@ -187,17 +188,20 @@ def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
         raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
     for section, values in data.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section '{section}'.{_suggest(str(section), SECTIONS)} "
+            raise ConfigError(f"{source}: unknown section '{section}'.{SECTIONS.suggest(str(section))} "
                               f"Sections: {', '.join(SECTIONS)}.")
         if values is None:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys to values")
-        known = _section_fields(section)
+        known = section_fields(section)
         target = getattr(cfg, section)
         for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"{source}: unknown key '{section}.{key}'.{_suggest(str(key), known)} "
+                keys = Registry(f"key of '{section}'")
+                for k in known:
+                    keys.register(k, k)
+                raise ConfigError(f"{source}: unknown key '{section}.{key}'.{keys.suggest(str(key))} "
                                   f"Keys of '{section}': {', '.join(known)}.")
             default = getattr(target, key)
             if default is None:
@@ -222,13 +226,16 @@ def _read_yaml(path: Union[str, Path]) -> tuple[dict, str]:
         raise ConfigError(f"config file not found: {path}. Pass a YAML file or a built-in config name "
                           f"({', '.join(builtin_config_names())}).")
     try:
-        return yaml.safe_load(p.read_text()) or {}, str(p)
+        data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data, str(p)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """``"optim.lr=1e-3"`` -> ``("optim", "lr", 0.001)`` (values parsed as YAML scalars)."""
+    """``"optim.lr=1e-3"`` -> ``("optim", "lr", 0.001)`` (values parsed as YAML)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value (e.g. optim.lr=1e-3)")
     dotted, raw = text.split("=", 1)
@@ -238,8 +245,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     section, key = dotted.strip().split(".", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                          "quote it, e.g. 'loss.db={kappa: 20}'") from None
     if isinstance(value, str) and _looks_like_float(value):
         value = float(value)
     return section, key, value
@@ -248,7 +256,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def _is_text_field(section: str, key: str) -> bool:
     if section not in SECTIONS:
         return False
-    f = _section_fields(section).get(key)
+    f = section_fields(section).get(key)
     return f is not None and str(f.type) in ("str", "Optional[str]")
 
 
@@ -260,8 +268,20 @@ def _looks_like_float(text: str) -> bool:
         return False
 
 
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """Apply ``section.key=value`` overrides to ``cfg`` (in place)."""
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if _is_text_field(section, key) and value is not None and not isinstance(value, str):
+            value = text.split("=", 1)[1].strip()  # keep names and paths verbatim ("nan", "1e3", "007")
+        apply_dict(cfg, {section: {key: value}}, f"override '{text}'")
+    return cfg
+
+
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (``base:`` chains allowed), then ``section.key=value`` overrides."""
+    """Defaults, then the YAML file (``base:`` chains allowed), then ``section.key=value`` overrides; validated."""
+    from .validation import validate
+
     cfg = Config()
     if path is not None:
         chain = []
@@ -280,69 +300,16 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
             current = base
         for data, source in reversed(chain):
             apply_dict(cfg, data, source)
-    for text in overrides:
-        section, key, value = parse_override(text)
-        if _is_text_field(section, key) and value is not None and not isinstance(value, str):
-            value = text.split("=", 1)[1].strip()  # keep names and paths verbatim ("nan", "1e3", "007")
-        apply_dict(cfg, {section: {key: value}}, f"override '{text}'")
+    apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
 
-def config_from_dict(data: dict) -> Config:
-    """Rebuild a config saved with a run (``Config.to_dict``)."""
+def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> Config:
+    """Rebuild a config saved with a run (``Config.to_dict``), then apply ``overrides``; validated."""
+    from .validation import validate
+
     cfg = apply_dict(Config(), copy.deepcopy(data), "saved config")
+    apply_overrides(cfg, overrides)
     validate(cfg)
-    return cfg
-
-
-def _choice(value: Any, options: Sequence[str], where: str) -> None:
-    if value not in options:
-        raise ConfigError(f"{where} must be one of {', '.join(options)}; got {value!r}.{_suggest(str(value), options)}")
-
-
-def validate(cfg: Config) -> None:
-    """Check values that have a fixed set of choices or ranges."""
-    _choice(cfg.run.method, METHODS + ("custom",), "run.method")
-    _choice(cfg.run.select, ("last", "val", "test"), "run.select")
-    _choice(cfg.run.protocol, ("softmax", "sigmoid"), "run.protocol")
-    _choice(cfg.run.precision, ("auto", "fp32", "bf16", "fp16"), "run.precision")
-    _choice(cfg.run.templates, ("ensemble", "reference", "simple"), "run.templates")
-    _choice(cfg.run.cuda_graphs, ("auto", "on", "off"), "run.cuda_graphs")
-    _choice(cfg.data.dataset, ("voc-lt", "coco-lt", "manifest", "world"), "data.dataset")
-    _choice(cfg.data.preprocess, ("reference", "clip"), "data.preprocess")
-    _choice(cfg.data.captions, ("auto", "class-names", "off"), "data.captions")
-    _choice(cfg.data.class_names, ("readable", "raw"), "data.class_names")
-    _choice(cfg.loss.classification, ("db", "bce", "focal", "asl"), "loss.classification")
-    _choice(cfg.loss.db_focal, ("batch", "elementwise"), "loss.db_focal")
-    _choice(cfg.loss.cse_form, ("hinge", "reference"), "loss.cse_form")
-    _choice(cfg.loss.cse_distance, ("mean", "sum"), "loss.cse_distance")
-    _choice(cfg.optim.name, ("sgd", "adam", "adamw"), "optim.name")
-    _choice(cfg.optim.schedule, ("plateau", "cosine", "constant"), "optim.schedule")
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
-    if not 0.0 <= cfg.loss.lam <= 1.0:
-        raise ConfigError(f"loss.lam must be in [0, 1], got {cfg.loss.lam}")
-    for where, value in (("optim.epochs", cfg.optim.epochs), ("optim.batch_size", cfg.optim.batch_size),
-                         ("model.n_ctx", cfg.model.n_ctx)):
-        if value < 1:
-            raise ConfigError(f"{where} must be >= 1, got {value}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
-    if cfg.data.dataset in ("voc-lt", "coco-lt") and not cfg.data.root:
-        raise ConfigError(f"data.root is not set: pass the folder that holds the {cfg.data.dataset} images, "
-                          f"e.g. data.root=/path/to/{'VOC' if cfg.data.dataset == 'voc-lt' else 'coco'} "
-                          "(see README: 'Point lmpt at VOC and COCO').")
-    if cfg.data.dataset == "manifest" and not (cfg.data.train and cfg.data.test):
-        raise ConfigError("data.dataset=manifest needs data.train and data.test manifest files "
-                          "(CSV or JSON Lines; see README: 'Your own data').")
-    if cfg.run.select == "val" and cfg.data.val_fraction == 0 and not cfg.data.val and cfg.data.dataset != "world":
-        raise ConfigError("run.select=val needs a validation split: set data.val_fraction > 0 or data.val")
-
-
-def resolve_method(cfg: Config) -> Config:
-    """Set the losses that ``run.method`` implies (a copy; ``custom`` keeps the loss section as is)."""
-    cfg = cfg.copy()
-    if cfg.run.method in METHOD_LOSSES:
-        cfg.loss.classification, cfg.loss.cse = METHOD_LOSSES[cfg.run.method]
     return cfg

@@ -1,4 +1,4 @@
-"""From a config to what training needs: the data set, the frozen backbone, cached features, captions."""
+"""From a config to what a run reads: the data set, the frozen backbone, cached features, captions."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +10,8 @@ import torch
 from ..backbone import CLIPBackbone, create_clip
 from ..data.dataset import MultiLabelDataset, MultiLabelSplit
 from ..data.features import PreprocessConfig, extract_features
+from ..data.sources import load_dataset
+from ..errors import ConfigError
 from ..prompts import CaptionEmbeddings, embed_captions
 from .config import Config
 
@@ -26,7 +28,6 @@ class Prepared:
     dataset: MultiLabelDataset
     backbone: CLIPBackbone
     features: dict[str, Optional[torch.Tensor]]
-    world: Optional[object] = None
 
     @property
     def class_names(self) -> list[str]:
@@ -38,64 +39,46 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import ConfigError
-
         raise ConfigError(f"run.device={name} but no CUDA GPU is visible; use run.device=cpu or auto")
     return device
 
 
-def load_dataset(cfg: Config):
-    """Build the :class:`MultiLabelDataset` a config names (and the world info for ``dataset=world``)."""
+def dataset_from_config(cfg: Config) -> MultiLabelDataset:
+    """The :class:`MultiLabelDataset` a config's ``data`` section names."""
     d = cfg.data
-    world = None
-    if d.dataset in ("voc-lt", "coco-lt"):
-        from ..data.benchmarks import load_benchmark
-
-        dataset = load_benchmark(d.dataset, d.root, val_fraction=d.val_fraction, seed=d.split_seed,
-                                 class_names=d.class_names)
-    elif d.dataset == "manifest":
-        from ..data.manifest import load_manifest_dataset
-
-        dataset = load_manifest_dataset(d.train, d.test, val=d.val, classes=d.classes, image_root=d.image_root,
-                                        val_fraction=0.0 if d.val else d.val_fraction, seed=d.split_seed)
-    else:  # world
-        from ..world import build_world, load_world_dataset
-
-        world = build_world(cache_dir=d.cache_dir, num_classes=d.world_classes, seed=d.world_seed,
-                            progress=cfg.run.progress)
-        dataset = load_world_dataset(world)
-    return dataset, world
+    return load_dataset(d.dataset, root=d.root, train=d.train, val=d.val, test=d.test, classes=d.classes,
+                        image_root=d.image_root, class_names=d.class_names, val_fraction=d.val_fraction,
+                        split_seed=d.split_seed)
 
 
-def backbone_from_config(cfg: Config, world: Optional[object] = None) -> CLIPBackbone:
+def backbone_from_config(cfg: Config) -> CLIPBackbone:
     m = cfg.model
-    backbone, pretrained = m.backbone, m.pretrained
-    if cfg.data.dataset == "world" and world is not None:
-        if backbone == "world":  # the world's own small CLIP
-            backbone, pretrained = world.clip_model_name, str(world.clip_weights)
-    return create_clip(backbone, pretrained, quick_gelu=m.quick_gelu, seed=cfg.run.seed)
+    return create_clip(m.backbone, m.pretrained, quick_gelu=m.quick_gelu, seed=cfg.run.seed)
+
+
+def split_features(cfg: Config, backbone: CLIPBackbone, split: MultiLabelSplit, device: torch.device,
+                   flips: bool = False, preprocess: Optional[str] = None) -> torch.Tensor:
+    """Cached features of one split with the config's extraction settings (``preprocess`` overrides the mode)."""
+    d = cfg.data
+    return extract_features(backbone, split, preprocess=PreprocessConfig(mode=preprocess or d.preprocess), flips=flips,
+                            cache_dir=d.feature_cache_dir or d.cache_dir, device=device,
+                            batch_size=d.feature_batch_size, chunk_size=d.feature_chunk_size,
+                            num_workers=d.num_workers, precision=cfg.run.precision, progress=cfg.run.progress)
 
 
 def prepare(cfg: Config, device: Optional[torch.device] = None,
-            loaded: Optional[tuple[MultiLabelDataset, Optional[object]]] = None) -> Prepared:
-    """Load the data set and backbone, and fetch (or compute) the cached image features.
-
-    ``loaded`` passes a ``(dataset, world)`` pair that is already in memory instead of reading the config's.
-    """
+            dataset: Optional[MultiLabelDataset] = None) -> Prepared:
+    """Load the data set (unless given) and backbone, and fetch (or compute) the cached image features."""
     device = device or resolve_device(cfg.run.device)
-    dataset, world = loaded if loaded is not None else load_dataset(cfg)
-    backbone = backbone_from_config(cfg, world)
-    common = dict(preprocess=PreprocessConfig(mode=cfg.data.preprocess),
-                  cache_dir=cfg.data.feature_cache_dir or cfg.data.cache_dir, device=device,
-                  batch_size=cfg.data.feature_batch_size, chunk_size=cfg.data.feature_chunk_size,
-                  num_workers=cfg.data.num_workers, precision=cfg.run.precision, progress=cfg.run.progress)
+    dataset = dataset if dataset is not None else dataset_from_config(cfg)
+    backbone = backbone_from_config(cfg)
     features: dict[str, Optional[torch.Tensor]] = {
-        "train": extract_features(backbone, dataset.train, flips=True, **common),
-        "val": extract_features(backbone, dataset.val, **common) if dataset.val is not None else None,
-        "test": extract_features(backbone, dataset.test, **common),
+        "train": split_features(cfg, backbone, dataset.train, device, flips=True),
+        "val": split_features(cfg, backbone, dataset.val, device) if dataset.val is not None else None,
+        "test": split_features(cfg, backbone, dataset.test, device),
     }
     backbone.model.to("cpu")
-    return Prepared(dataset=dataset, backbone=backbone, features=features, world=world)
+    return Prepared(dataset=dataset, backbone=backbone, features=features)
 
 
 def class_name_captions(split: MultiLabelSplit, class_names: list[str]) -> list[str]:

@@ -1,9 +1,11 @@
 """``lmpt demo``: the whole method on the generated world, with no download.
 
-1. generate (or reuse) the world and pretrain (or reuse) its small CLIP;
+1. generate (or reuse) the world and pretrain (or reuse) its small CLIP: ordinary inputs (manifests, a
+   weights file and its model config JSON), like any user's data;
 2. compute (or reuse) the image features;
-3. run zero-shot, ``coop``, ``coop-db`` and ``lmpt`` over 3 seeds;
-4. write ``summary.json``, ``summary.md`` and plots into the output folder.
+3. run every demo method over 3 seeds;
+4. write ``summary.json``, ``summary.md``, plots, and ``world.yaml`` (a config for more runs on this world:
+   ``lmpt train OUT/world.yaml --method coop-db``) into the output folder.
 
 ``--quick`` uses a smaller world, a shorter pretraining, fewer epochs and one seed: a smoke test that
 exercises every step in under two minutes, not a result.
@@ -15,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from ..io import atomic_write_text
+import yaml
+
+from ..io import atomic_write_json, atomic_write_text
 from .config import load_config
 from .data import prepare
 from .report import summary_table
@@ -31,17 +35,49 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def world_overrides(world: Any) -> list[str]:
+    """Config overrides that point a run at a built world: its manifests, class list, CLIP and weights."""
+    return ["data.dataset=manifest", f"data.train={world.train_manifest}", f"data.val={world.val_manifest}",
+            f"data.test={world.test_manifest}", f"data.classes={world.classes_file}",
+            f"model.backbone={world.clip_model_name}", f"model.pretrained={world.clip_weights}"]
+
+
+def world_config_file(world: Any, path: Union[str, Path]) -> Path:
+    """Write a config YAML for runs on ``world`` (the built-in ``world`` settings plus its paths)."""
+    data = {"base": "world"}
+    for text in world_overrides(world):
+        dotted, value = text.split("=", 1)
+        section, key = dotted.split(".")
+        data.setdefault(section, {})[key] = value
+    path = Path(path)
+    atomic_write_text(path, "# Runs on the generated world written by `lmpt demo`; e.g.\n"
+                            f"#   lmpt train {path} --method coop-db\n" + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def build_demo_world(num_classes: int = 20, world_seed: int = 0, quick: bool = False,
+                     cache_dir: Optional[str] = None, world_options: Optional[dict[str, Any]] = None,
+                     progress: bool = True):
+    """The demo's world (built on first use, then cached)."""
+    from ..world import build_world
+
+    kwargs: dict[str, Any] = {}
+    if quick:
+        kwargs = {"scale": QUICK["scale"], "sizes": QUICK["sizes"], "pretrain_steps": QUICK["pretrain_steps"]}
+    kwargs.update(world_options or {})
+    return build_world(cache_dir=cache_dir, num_classes=num_classes, seed=world_seed, progress=progress, **kwargs)
+
+
 def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world_seed: int = 0,
              num_classes: int = 20, seeds: Optional[Union[str, Sequence[int]]] = None,
              cache_dir: Optional[str] = None, device: str = "auto", overrides: Sequence[str] = (),
-             world_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+             world_options: Optional[dict[str, Any]] = None,
+             methods: Sequence[str] = DEMO_METHODS) -> dict[str, Any]:
     """Run the demo and return the summary (also written to ``out_dir/summary.json``).
 
     ``world_options`` (``scale``, ``sizes``, ``pretrain_steps``) replace the world's size settings, for tests
     and smoke runs; ``overrides`` are config overrides (``optim.epochs=2``).
     """
-    from ..world import build_world, load_world_dataset
-
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,33 +87,29 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     else:
         seed_list = [int(s) for s in seeds]
-    settings = [f"data.world_classes={num_classes}", f"data.world_seed={world_seed}", f"run.device={device}",
-                f"run.output_dir={out}"]
+
+    _say(f"[1/4] world: {num_classes} classes, seed {world_seed}{' (quick)' if quick else ''}")
+    t0 = time.perf_counter()
+    world = build_demo_world(num_classes, world_seed, quick, cache_dir, world_options)
+    settings = world_overrides(world) + [f"run.device={device}", f"run.output_dir={out}"]
     if cache_dir:
         settings.append(f"data.cache_dir={cache_dir}")
     if quick:
         settings.append(f"optim.epochs={QUICK['epochs']}")
     cfg = load_config("world", settings + list(overrides))
-
-    _say(f"[1/4] world: {num_classes} classes, seed {world_seed}{' (quick)' if quick else ''}")
-    t0 = time.perf_counter()
-    kwargs: dict[str, Any] = {}
-    if quick:
-        kwargs = {"scale": QUICK["scale"], "sizes": QUICK["sizes"], "pretrain_steps": QUICK["pretrain_steps"]}
-    kwargs.update(world_options or {})
-    world = build_world(cache_dir=cfg.data.cache_dir, num_classes=num_classes, seed=world_seed, progress=True, **kwargs)
-    dataset = load_world_dataset(world)
+    world_config_file(world, out / "world.yaml")
     t_world = time.perf_counter() - t0
-    _say(f"      {len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test images; "
-         f"small CLIP {'pretrained' if world.pretrained else 'from cache'} ({t_world:.0f} s)")
 
     _say("[2/4] image features (cached after the first run)")
     t0 = time.perf_counter()
-    prepared = prepare(cfg, loaded=(dataset, world))
+    prepared = prepare(cfg)
     t_feat = time.perf_counter() - t0
+    ds = prepared.dataset
+    _say(f"      {len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test images; "
+         f"small CLIP {'pretrained' if world.pretrained else 'from cache'} ({t_world:.0f} s)")
 
-    n_runs = 1 + (len(DEMO_METHODS) - 1) * len(seed_list)
-    _say(f"[3/4] {n_runs} runs: {', '.join(DEMO_METHODS)} x seeds {seed_list} ({cfg.optim.epochs} epochs each)")
+    n_runs = sum(1 if m == "zeroshot" else len(seed_list) for m in methods)
+    _say(f"[3/4] {n_runs} runs: {', '.join(methods)} x seeds {seed_list} ({cfg.optim.epochs} epochs each)")
     t0 = time.perf_counter()
     done = {"n": 0}
 
@@ -87,7 +119,7 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
         _say(f"      {done['n']:2d}/{n_runs} {method:<8} seed {seed}: total {100 * h['total']:.2f}  head "
              f"{100 * h['head']:.2f}  medium {100 * h['medium']:.2f}  tail {100 * h['tail']:.2f}")
 
-    summary = run_sweep(cfg, DEMO_METHODS, seed_list, out, prepared=prepared,
+    summary = run_sweep(cfg, methods, seed_list, out, prepared=prepared,
                         title=f"lmpt demo: generated world ({num_classes} classes)", on_run=on_run)
     t_runs = time.perf_counter() - t0
 
@@ -96,14 +128,13 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
               "total_s": round(time.perf_counter() - t_start, 1)}
     summary["timing"] = timing
     summary["world"] = {"root": str(world.root), "classes": num_classes, "seed": world_seed, "quick": quick,
-                        "clip": world.metadata.get("clip", {})}
-    from ..io import atomic_write_json
-
+                        "clip": world.metadata.get("clip", {}), "config": str(out / "world.yaml")}
     atomic_write_json(out / "summary.json", summary)
     _write_demo_readme(out, summary, quick)
     _say(summary_table(summary["methods"], f"Test mAP (%), {summary['protocol']} protocol, mean ± std over "
                                            f"{len(seed_list)} seed(s); selection: {summary['selection']}."))
-    _say(f"wrote {out / 'summary.md'} and {out / 'summary.json'} in {timing['total_s']:.0f} s")
+    _say(f"wrote {out / 'summary.md'} and {out / 'summary.json'} in {timing['total_s']:.0f} s; "
+         f"more runs on this world: lmpt train {out / 'world.yaml'} --method coop-db")
     return summary
 
 
@@ -119,12 +150,9 @@ def _write_demo_readme(out: Path, summary: dict[str, Any], quick: bool) -> None:
         "It shows that the pipeline works end to end and how the methods compare under a long tail. It does not",
         "reproduce the paper's numbers, which need OpenAI CLIP weights and the VOC-LT / COCO-LT images.",
         "",
-        "See `summary.md` for the table, `summary.json` for the numbers, one folder per run for its report.",
-        "",
-        "Read the zero-shot row with care: on this world, prompt tuning on the long-tailed train split at best",
-        "matches the small CLIP's zero-shot, while prompt tuning on as many class-balanced images beats it by about",
-        "17 points: the long tail, not the small text encoder, holds the methods back (the project README, section",
-        "'The offline benchmark', has the measurements; `bench/world_diagnosis.py`).",
+        "See `summary.md` for the table, `summary.json` for the numbers, one folder per run for its report, and",
+        "`world.yaml` for a config that trains on this world (`lmpt train world.yaml --method coop-db`).",
+        "The project's docs/demo.md explains the world and what its numbers do and do not show.",
     ]
     if quick:
         text += ["", "**--quick**: a smaller world, a short pretraining and one seed: a smoke test, not a result."]

@@ -1,4 +1,8 @@
-"""Using a finished run: re-evaluate it (``lmpt eval``) and label new images (``lmpt predict``)."""
+"""Using a finished run: rebuild its classifier, re-evaluate it (``lmpt eval``) and label images (``lmpt predict``).
+
+The run's classifier file (``prompt.safetensors`` or ``probe.safetensors``) is the one source of its
+settings: its metadata holds the resolved config, the backbone's identity and the class names.
+"""
 from __future__ import annotations
 
 import json
@@ -7,21 +11,56 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
-from ..backbone import CLIPBackbone, create_clip
+from ..backbone import create_clip
 from ..data.features import PreprocessConfig
 from ..data.images import ImageListDataset, build_transform
-from ..errors import CheckpointError, UserError
+from ..errors import UserError
 from ..io import atomic_write_json
 from ..metrics import scores_from_logits
-from ..model import PromptCLIP
-from ..prompts import PromptConfig
-from .checkpoint import PROMPT_FILE, check_compatible, load_prompt
-from .config import Config, config_from_dict, load_config
+from ..model import LinearProbe, PromptCLIP
+from .builders import prompt_config
+from .checkpoint import check_compatible, load_weights, model_file
+from .config import Config, config_from_dict
 from .data import prepare, resolve_device
-from .evaluate import logits_from_features, split_metrics
-from .train import ORACLE_LABEL, run_metrics
+from .evaluate import evaluate_splits, logits_from_features
+from .outputs import ORACLE_LABEL, run_metrics
+
+
+class Classifier(torch.nn.Module):
+    """A trained run's classifier on image features: the prompt model or the linear probe, one interface."""
+
+    def __init__(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> None:
+        super().__init__()
+        self.meta = meta
+        self.kind = meta.get("kind", "prompt")
+        self.backbone = backbone
+        self.class_names = list(meta["class_names"])
+        if self.kind == "probe":
+            scale = float(backbone.model.logit_scale.detach().exp())
+            self.probe = LinearProbe(backbone.embed_dim, len(self.class_names), scale)
+            self.probe.load_state_dict(tensors)
+        else:
+            self.prompt = PromptCLIP(backbone, self.class_names, prompt_config(meta["config"]["model"]))
+            self.prompt.load_prompt_state(tensors)
+        self.eval()
+
+    @property
+    def scale(self) -> float:
+        return float(self.backbone.model.logit_scale.detach().exp())
+
+    @torch.no_grad()
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` logits of cached (or freshly encoded) image features ``[N, D]`` / ``[N, V, D]``."""
+        if self.kind == "probe":
+            x = features[:, 0] if features.dim() == 3 else features
+            device = self.probe.linear.weight.device
+            return self.probe(x.to(device).float()).cpu()
+        return logits_from_features(features, self.prompt.encode_text(), self.scale)
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.model.encode_image(images)
 
 
 @dataclass
@@ -29,66 +68,43 @@ class LoadedRun:
     run_dir: Path
     cfg: Config
     meta: dict[str, Any]
-    model: PromptCLIP
+    model: Classifier
 
 
-def _run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass a folder written by `lmpt train`")
-    return load_config(path, overrides)
-
-
-def _model_from_meta(ctx: torch.Tensor, meta: dict[str, Any], backbone: CLIPBackbone) -> PromptCLIP:
-    m = meta["config"]["model"]
-    pcfg = PromptConfig(n_ctx=m["n_ctx"], class_specific=m["class_specific"], ctx_init=m["ctx_init"],
-                        init_std=m["init_std"])
-    model = PromptCLIP(backbone, meta["class_names"], pcfg)
-    model.load_prompt_state({"ctx": ctx})
-    return model.eval()
-
-
-def load_run(run_dir: Union[str, Path], weights: Optional[str] = None, device: Union[str, torch.device] = "cpu") -> LoadedRun:
-    """The trained model of a run folder (or a prompt .safetensors), with its backbone rebuilt and verified."""
-    path = Path(run_dir)
-    ctx, meta = load_prompt(path)
-    run_folder = path if path.is_dir() else path.parent
+def load_run(run: Union[str, Path], weights: Optional[str] = None, device: Union[str, torch.device] = "cpu",
+             overrides: Sequence[str] = ()) -> LoadedRun:
+    """The trained classifier of a run folder (or its .safetensors file), with its backbone rebuilt and verified."""
+    path = model_file(run)
+    tensors, meta = load_weights(path)
     bb = meta["backbone"]
     pretrained = weights or bb.get("pretrained")
     if pretrained and not Path(pretrained).exists() and ("/" in pretrained or pretrained.endswith((".pt", ".safetensors"))):
-        raise UserError(f"the weights file this prompt was trained with is gone: {pretrained}; "
+        raise UserError(f"the weights file this classifier was trained with is gone: {pretrained}; "
                         "pass its new location with --weights PATH")
     backbone = create_clip(bb["model"], pretrained, quick_gelu=bb.get("quick_gelu", "auto"))
     check_compatible(meta, meta["class_names"], backbone, path)
-    model = _model_from_meta(ctx, meta, backbone).to(device)
-    cfg = config_from_dict(meta["config"])
-    return LoadedRun(run_dir=run_folder, cfg=cfg, meta=meta, model=model)
+    model = Classifier(meta, tensors, backbone).to(device)
+    cfg = config_from_dict(meta["config"], overrides)
+    return LoadedRun(run_dir=path.parent, cfg=cfg, meta=meta, model=model)
 
 
 def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), write: bool = True) -> dict[str, Any]:
-    """Recompute a run's metrics from its prompt checkpoint and (cached) features."""
+    """Recompute a run's metrics from its classifier file and the (cached) features of its data."""
     run_dir = Path(run_dir)
-    cfg = _run_config(run_dir, overrides)
-    ctx, meta = load_prompt(run_dir)
+    path = model_file(run_dir)
+    tensors, meta = load_weights(path)
+    cfg = config_from_dict(meta["config"], overrides)
     device = resolve_device(cfg.run.device)
     prepared = prepare(cfg, device)
-    check_compatible(meta, prepared.class_names, prepared.backbone, run_dir / PROMPT_FILE)
-    model = _model_from_meta(ctx, meta, prepared.backbone).to(device)
-    scale = float(model.logit_scale)
-    with torch.no_grad():
-        text = model.encode_text()
-    results = {}
-    for split in ("test", "val"):
-        feats = prepared.features.get(split)
-        data_split = getattr(prepared.dataset, split)
-        if feats is not None and data_split is not None:
-            results[split] = split_metrics(logits_from_features(feats, text, scale), data_split.labels,
-                                           prepared.dataset.class_freq)
+    check_compatible(meta, prepared.class_names, prepared.backbone, path)
+    model = Classifier(meta, tensors, prepared.backbone).to(device)
+    results = evaluate_splits(prepared.dataset, lambda s: model.feature_logits(prepared.features[s])
+                              if prepared.features.get(s) is not None else None)
     metrics = run_metrics(cfg, prepared, results["test"], results.get("val"), selection=meta.get("selection", "?"),
                           selected_epoch=meta.get("selected_epoch"))
     metrics["oracle"] = meta.get("selection") == ORACLE_LABEL
     if write:
-        atomic_write_json(run_dir / "eval.json", metrics)
+        atomic_write_json(path.parent / "eval.json", metrics)
     return metrics
 
 
@@ -111,21 +127,16 @@ def predict_images(run: LoadedRun, images: Sequence[Union[str, Path]], threshold
     dataset = ImageListDataset([str(p) for p in images], transform)
     if threshold is None and top_k is None:
         threshold = 0.5 if protocol == "sigmoid" else 0.3
+    names = model.class_names
+    out: list[Prediction] = []
     with torch.no_grad():
-        text = model.encode_text()
-        out: list[Prediction] = []
         for start in range(0, len(dataset), batch_size):
             batch = torch.stack([dataset[i][1] for i in range(start, min(len(dataset), start + batch_size))])
-            feats = model.encode_image(batch.to(device))
-            logits = logits_from_features(feats, text, float(model.logit_scale))
+            logits = model.feature_logits(model.encode_image(batch.to(device)))
             scores = scores_from_logits(logits, protocol)
             for row, score in enumerate(scores):
-                names = run.meta["class_names"]
                 order = score.argsort()[::-1]
-                if top_k is not None:
-                    chosen = order[:top_k]
-                else:
-                    chosen = [c for c in order if score[c] >= threshold]
+                chosen = order[:top_k] if top_k is not None else [c for c in order if score[c] >= threshold]
                 out.append(Prediction(image=str(images[start + row]),
                                       labels=[(names[c], float(score[c])) for c in chosen],
                                       scores={names[c]: float(score[c]) for c in range(len(names))}))

@@ -9,10 +9,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..io import atomic_path, atomic_write_text
+from .evaluate import GROUPS
 
 logger = logging.getLogger(__name__)
 
-GROUPS = ("total", "head", "medium", "tail")
 GROUP_COLORS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
 
 

@@ -1,4 +1,10 @@
-"""Methods x seeds in one go: the ablation table (mean ± std of total/head/medium/tail mAP)."""
+"""Sweeps: every (method, seed) on one prepared data set, and the summary table.
+
+A finished run is reused only when its recorded identity (the settings that change results, and the data
+and backbone it read) equals the requested run's; a stale run folder is moved aside (``<name>.stale-N``), never
+deleted, and the run is redone. An interrupted run resumes from its last epoch checkpoint when its settings
+match, else it is moved aside the same way.
+"""
 from __future__ import annotations
 
 import json
@@ -7,23 +13,53 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .. import distributed as dist_utils
+from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
-from .config import Config, validate
+from .config import Config, load_config
 from .data import Prepared, prepare, resolve_device
+from .methods import resolve_method
+from .outputs import ORACLE_LABEL, run_identity
 from .report import GROUPS, mean_std, plot_group_bars, summary_table
-from .train import ORACLE_LABEL, train
+from .run import run
+from .validation import check_resume, validate
 
 logger = logging.getLogger(__name__)
+
+
+def _move_aside(run_dir: Path, why: str) -> None:
+    k = 1
+    while run_dir.with_name(f"{run_dir.name}.stale-{k}").exists():
+        k += 1
+    target = run_dir.with_name(f"{run_dir.name}.stale-{k}")
+    run_dir.rename(target)
+    logger.warning("%s: %s; moved it to %s and running it again", run_dir, why, target)
+    print(f"note: {run_dir} {why}; kept as {target.name}, running it again")
+
+
+def _reusable(run_dir: Path, cfg: Config, prepared: Prepared) -> Optional[dict[str, Any]]:
+    """The finished run's metrics if it is the requested run; None (after moving a stale folder aside) otherwise."""
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("identity") == run_identity(resolve_method(cfg), prepared):
+            logger.info("reusing finished run %s", run_dir)
+            return metrics
+        _move_aside(run_dir, "holds a run with other settings or data")
+    elif (run_dir / "config.yaml").is_file():
+        try:
+            check_resume(resolve_method(load_config(run_dir / "config.yaml")), resolve_method(cfg), str(run_dir))
+        except ConfigError:
+            _move_aside(run_dir, "holds an unfinished run with other settings")
+    return None
 
 
 def run_sweep(cfg: Config, methods: Sequence[str], seeds: Sequence[int], out_dir: Union[str, Path],
               prepared: Optional[Prepared] = None, title: str = "sweep",
               on_run: Optional[Callable[[str, int, dict[str, Any]], None]] = None) -> dict[str, Any]:
-    """Train every (method, seed) on the same prepared data and summarise.
+    """Train every (method, seed) on the same prepared data and summarise into ``out_dir``.
 
-    Finished runs (their ``metrics.json`` exists) are reused, so an interrupted sweep continues where
-    it stopped. Zero-shot does not depend on the seed and runs once. Writes ``summary.json``,
-    ``summary.md`` and ``summary.png`` into ``out_dir``.
+    Zero-shot does not depend on the seed and runs once. Writes ``summary.json``, ``summary.md`` and
+    ``summary.png``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -38,13 +74,10 @@ def run_sweep(cfg: Config, methods: Sequence[str], seeds: Sequence[int], out_dir
             run_cfg.run.seed = int(seed)
             validate(run_cfg)
             run_dir = out / (method if method == "zeroshot" else f"{method}-seed{seed}")
-            metrics_path = run_dir / "metrics.json"
-            if metrics_path.is_file():
-                metrics = json.loads(metrics_path.read_text())
-                logger.info("reusing finished run %s", run_dir)
-            else:
+            metrics = _reusable(run_dir, run_cfg, prepared)
+            if metrics is None:
                 resume = (run_dir / "state.pt").is_file()
-                metrics = train(run_cfg, prepared=prepared, run_dir=run_dir, resume=resume).metrics
+                metrics = run(run_cfg, prepared=prepared, run_dir=run_dir, resume=resume).metrics
             runs.setdefault(method, []).append({"seed": seed, "run_dir": str(run_dir), "headline": metrics["headline"],
                                                 "val": _val_headline(metrics), "oracle": metrics.get("oracle", False)})
             if on_run is not None:
@@ -75,6 +108,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], cfg: Config) -> dict[str, A
 
 
 def write_summary(out: Path, summary: dict[str, Any], title: str) -> None:
+    """``summary.json``, ``summary.md`` and ``summary.png`` of a sweep (or the demo)."""
     atomic_write_json(out / "summary.json", summary)
     note = (f"Test mAP (%), {summary['protocol']} protocol, mean ± sample std over seeds; "
             f"model selection: {summary['selection']}.")

@@ -1,43 +1,88 @@
-"""Zero-shot CLIP as a run: template-ensemble text features, no training."""
+"""Zero-shot CLIP as a run: class text features from prompt templates, no training.
+
+Two protocols (``run.zeroshot_protocol``):
+
+* ``matched`` (ours, and the default): the same cached features, test images and class names as the trained
+  runs of the same config, with ``run.templates`` prompts: a like-for-like baseline row.
+* ``reference``: what the reference's ``zero_shot_clip/test.py`` does, for reproducing the paper's zero-shot row:
+  CLIP's own preprocessing (bicubic resize of the short side, centre crop, CLIP mean/std) whatever
+  ``data.preprocess`` says; one text per class, the 80 ImageNet templates joined and cut to 76 characters
+  (``reference`` templates); the class names as that script reads them (the first word of each line of the
+  label file: COCO's "traffic light" becomes "traffic"); and test images without any label skipped
+  (48 of COCO-LT's 5,000).
+"""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import distributed as dist_utils
-from ..io import atomic_write_json
+from ..data.dataset import MultiLabelDataset
 from ..zeroshot import zeroshot_text_features
 from .config import Config
-from .data import Prepared
-from .evaluate import logits_from_features, per_class_rows, split_metrics
+from .data import Prepared, split_features
+from .evaluate import evaluate_splits, logits_from_features
+from .outputs import RunResult, run_identity, run_metrics, write_run_files
+
+logger = logging.getLogger(__name__)
+
+
+def _reference_names(dataset: MultiLabelDataset) -> list[str]:
+    raw = dataset.meta.get("raw_class_names") or dataset.class_names
+    return [n.split()[0] for n in raw]
+
+
+def _labelled_only(dataset: MultiLabelDataset) -> tuple[MultiLabelDataset, dict[str, np.ndarray]]:
+    """The data set with label-less val/test images dropped, and the rows kept per split."""
+    from dataclasses import replace
+
+    keep = {}
+    splits = {}
+    for name in ("val", "test"):
+        split = getattr(dataset, name)
+        if split is None:
+            continue
+        rows = np.flatnonzero(split.labels.sum(axis=1) > 0)
+        keep[name] = rows
+        splits[name] = split.subset(rows) if len(rows) < len(split) else split
+    return replace(dataset, **splits), keep
 
 
 def run_zeroshot(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.device,
-                 timings: dict[str, float]):
-    from .report import write_run_report
-    from .train import RunResult, _write_csv, run_metrics
-
+                 timings: dict[str, float]) -> RunResult:
     t0 = time.perf_counter()
     backbone = prepared.backbone
-    text = zeroshot_text_features(backbone, prepared.class_names, cfg.run.templates, device=device)
+    dataset = prepared.dataset
+    features = dict(prepared.features)
+    if cfg.run.zeroshot_protocol == "reference":
+        names, templates = _reference_names(dataset), "reference"
+        dataset, keep = _labelled_only(dataset)
+        for split, rows in keep.items():
+            full = getattr(prepared.dataset, split)
+            features[split] = split_features(cfg, backbone, full, device, preprocess="clip")[rows]
+        skipped = len(prepared.dataset.test) - len(dataset.test)
+        selection = (f"none (zero-shot, reference protocol: CLIP preprocessing, reference templates, first-word "
+                     f"class names, {skipped} unlabelled test images skipped)")
+    else:
+        names, templates = dataset.class_names, cfg.run.templates
+        selection = f"none (zero-shot, templates: {templates})"
+    text = zeroshot_text_features(backbone, names, templates, device=device)
     backbone.model.to("cpu")
     scale = float(backbone.model.logit_scale.detach().exp())
-    results: dict[str, Any] = {}
-    for split in ("test", "val"):
-        feats = prepared.features.get(split)
-        data_split = getattr(prepared.dataset, split)
-        if feats is not None and data_split is not None:
-            logits = logits_from_features(feats, text.cpu(), scale)
-            results[split] = split_metrics(logits, data_split.labels, prepared.dataset.class_freq)
+    results = evaluate_splits(dataset, lambda s: logits_from_features(features[s], text.cpu(), scale)
+                              if features.get(s) is not None else None)
     timings["eval_s"] = time.perf_counter() - t0
-    metrics = run_metrics(cfg, prepared, results["test"], results.get("val"),
-                          selection=f"none (zero-shot, templates: {cfg.run.templates})", selected_epoch=None)
+    view = Prepared(dataset=dataset, backbone=backbone, features=features)
+    metrics: dict[str, Any] = run_metrics(cfg, view, results["test"], results.get("val"), selection=selection,
+                                          selected_epoch=None)
+    metrics["identity"] = run_identity(cfg, prepared)  # the data the run was asked to read, not its view of it
+    metrics["zeroshot"] = {"protocol": cfg.run.zeroshot_protocol, "templates": templates, "class_names": names}
     metrics["timing"] = timings
     if dist_utils.is_main():
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        _write_csv(run_dir / "per_class.csv", per_class_rows(prepared.dataset, results["test"]))
-        write_run_report(run_dir, metrics, [])
+        write_run_files(run_dir, view, metrics, [], results["test"])
     return RunResult(run_dir=run_dir, metrics=metrics, history=[])

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 
 from ..cache import resolve_cache_dir
 from ..io import stable_hash
@@ -50,10 +49,9 @@ WORLD_MODEL_CONFIG = json.loads(_CONFIG_PATH.read_text(encoding="utf-8"))
 
 def register_world_models() -> None:
     """Make ``open_clip.create_model("lmpt-world-tiny")`` work (idempotent)."""
-    import open_clip
+    from ..backbone import register_model_configs
 
-    if WORLD_MODEL_NAME not in open_clip.list_models():
-        open_clip.add_model_config(_CONFIG_PATH)
+    register_model_configs(_CONFIG_PATH)
 
 
 def get_world_tokenizer():
@@ -167,6 +165,9 @@ def build_world(cache_dir: Optional[Union[str, Path]] = None, num_classes: int =
 
         pretrain_world_clip(root, weights, seed=seed, recipe=recipe, progress=progress)
         pretrained = True
+    config_copy = root / _CONFIG_PATH.name  # the weights' architecture travels with them (backbone registry)
+    if not config_copy.is_file():
+        shutil.copyfile(_CONFIG_PATH, config_copy)
     meta["clip"] = json.loads(metrics_path.read_text(encoding="utf-8"))
     info = WorldInfo(
         root=root,
@@ -186,38 +187,10 @@ def build_world(cache_dir: Optional[Union[str, Path]] = None, num_classes: int =
     return info
 
 
-def _read_jsonl_split(path: Path, root: Path, name: str, classes: list[str]):
-    from ..data.dataset import MultiLabelSplit
-
-    index = {c: i for i, c in enumerate(classes)}
-    paths, ids, rows, caps = [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            y = np.zeros(len(classes), np.uint8)
-            for lab in rec["labels"]:
-                if lab not in index:
-                    raise ValueError(f"{path}:{lineno}: unknown class '{lab}'")
-                y[index[lab]] = 1
-            ids.append(rec["image"])
-            paths.append(str(root / rec["image"]))
-            rows.append(y)
-            caps.append(rec.get("caption"))
-    labels = np.stack(rows) if rows else np.zeros((0, len(classes)), np.uint8)
-    captions = caps if caps and all(c is not None for c in caps) else None
-    return MultiLabelSplit(name=name, paths=paths, ids=ids, labels=labels, captions=captions)
-
-
 def load_world_dataset(info: WorldInfo):
-    """The world as a :class:`~lmpt.data.dataset.MultiLabelDataset` (train with captions, val, test)."""
-    from ..data.dataset import MultiLabelDataset
+    """The world as a :class:`~lmpt.data.dataset.MultiLabelDataset` (train with captions, val, test), read from
+    its manifests like any user's data."""
+    from ..data.manifest import load_manifest_dataset
 
-    classes = list(info.class_names)
-    train = _read_jsonl_split(info.train_manifest, info.root, "train", classes)
-    val = _read_jsonl_split(info.val_manifest, info.root, "val", classes)
-    test = _read_jsonl_split(info.test_manifest, info.root, "test", classes)
-    meta = {k: v for k, v in info.metadata.items() if k not in ("looks",)}
-    return MultiLabelDataset(name=f"world-c{len(classes)}-s{info.metadata.get('seed', 0)}", class_names=classes,
-                             train=train, val=val, test=test, root=info.root, meta=meta)
+    return load_manifest_dataset(info.train_manifest, info.test_manifest, val=info.val_manifest,
+                                 classes=info.classes_file)

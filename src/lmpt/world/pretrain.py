@@ -20,11 +20,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..backbone import _quiet_open_clip
+from ..backbone import quiet_open_clip
 from ..data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..io import atomic_path, atomic_write_json
 from ..metrics import average_precision
-from . import _read_jsonl_split
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +53,11 @@ DEFAULT_RECIPE = PretrainRecipe(
 
 def load_split_images(world_dir: Union[str, Path], split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images ``[N, 64, 64, 3]`` uint8, labels ``[N, C]`` and class names of a world split."""
+    from ..data.manifest import load_manifest_split
+
     world_dir = Path(world_dir)
     classes = (world_dir / "classes.txt").read_text(encoding="utf-8").split()
-    data = _read_jsonl_split(world_dir / f"{split}.jsonl", world_dir, split, classes)
+    data = load_manifest_split(world_dir / f"{split}.jsonl", classes, name=split)
     imgs = []
     for path in data.paths:
         with Image.open(path) as im:
@@ -145,7 +146,7 @@ def pretrain_world_clip(world_dir: Union[str, Path], out_path: Union[str, Path],
         register_world_models()
         name = model_name or WORLD_MODEL_NAME
         torch.manual_seed(seed)
-        with _quiet_open_clip():  # random init is the point here
+        with quiet_open_clip():  # random init is the point here
             model = open_clip.create_model(name, pretrained=None)
         if rec.get("logit_scale") is not None:  # a fixed temperature instead of a learned one
             with torch.no_grad():

@@ -1,0 +1,181 @@
+"""The training loop shared by the trained methods (prompt tuning and the linear probe).
+
+Epochs of shuffled batches of cached features (a random flip variant per image), a resumable training state
+after every epoch, validation mAP (and, only when asked for, the test-set oracle) per epoch, checkpoint
+selection, and the final evaluation. Evaluation, logs and checkpoints happen on rank 0.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import distributed as dist_utils
+from ..errors import ConfigError, UserError
+from ..progress import progress
+from .builders import build_optimizer, build_scheduler
+from .checkpoint import MODEL_FILES, STATE_FILE, load_state, save_state, save_weights
+from .config import Config
+from .data import Prepared
+from .evaluate import evaluate_splits, headline
+from .outputs import ORACLE_LABEL, SELECTION_LABELS, RunResult, TensorBoardLog, run_metrics, write_history, \
+    write_run_files
+from .step import grad_scaler, make_step
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(UserError):
+    """Training cannot continue (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def _optimizer(cfg: Config, trainer) -> torch.optim.Optimizer:
+    if trainer.kind == "probe":
+        p = cfg.probe
+        return build_optimizer(p.optimizer, trainer.params, p.lr, p.weight_decay, momentum=cfg.optim.momentum)
+    o = cfg.optim
+    return build_optimizer(o.name, trainer.params, o.lr, o.weight_decay, momentum=o.momentum)
+
+
+def _restore(trainer, state: dict[str, Any], optimizer, scheduler, scaler, generator, run_dir: Path) -> None:
+    fingerprint = trainer.prepared.backbone.fingerprint
+    if state.get("backbone") not in (None, fingerprint):
+        raise ConfigError(f"cannot resume {run_dir}: it was trained with backbone weights {state['backbone']}, "
+                          f"but this run loads {fingerprint}; pass the model.pretrained it was started with")
+    trainer.load_state(state["weights"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    generator.set_state(state["generator"])
+
+
+def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
+        timings: dict[str, float]) -> RunResult:
+    """Train ``trainer`` (a ``PromptTrainer`` or ``ProbeTrainer``) for ``optim.epochs`` and write the run."""
+    o = cfg.optim
+    main = dist_utils.is_main()
+    device = trainer.device
+    optimizer = _optimizer(cfg, trainer)
+    has_val = prepared.features.get("val") is not None
+    if cfg.run.select == "val" and not has_val:
+        raise ConfigError("run.select=val but this data set has no validation split (data.val_fraction=0?)")
+    scheduler = build_scheduler(o, optimizer, has_val)
+    scaler = grad_scaler(device, cfg.run.precision)
+    generator = torch.Generator().manual_seed(cfg.run.seed)
+    n = len(prepared.dataset.train)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": -1, "score": -math.inf, "weights": None}
+    start_epoch = 0
+    state_path = run_dir / STATE_FILE
+    if resume:
+        state = load_state(state_path)
+        if state is not None:
+            _restore(trainer, state, optimizer, scheduler, scaler, generator, run_dir)
+            history, best, start_epoch = list(state["history"]), dict(state["best"]), int(state["epoch"])
+            logger.info("resuming %s after epoch %d", run_dir, start_epoch)
+            if main:
+                print(f"resuming {run_dir} after epoch {start_epoch} of {o.epochs}")
+        else:
+            logger.info("no training state in %s: starting from scratch", run_dir)
+
+    tb = TensorBoardLog(run_dir / "tensorboard", enabled=main)
+    steps_per_epoch = (n + o.batch_size - 1) // o.batch_size
+    protocol = cfg.run.protocol
+    bar = progress(o.epochs, f"{cfg.run.method} seed {cfg.run.seed}", "epochs", enabled=main and cfg.run.progress,
+                   every=1, initial=start_epoch)
+    t_train = time.perf_counter()
+    trainer.train()
+    sizes_needed = {min(o.batch_size, n)} | ({n % o.batch_size} if n % o.batch_size else set())
+    step_fn = make_step(trainer, optimizer, sizes_needed, cfg.run.cuda_graphs, scaler,
+                        distributed=getattr(getattr(trainer, "shard", None), "active", False))
+    for epoch in range(start_epoch, o.epochs):
+        t_epoch = time.perf_counter()
+        perm = torch.randperm(n, generator=generator)
+        flips = torch.randint(0, 2, (n,), generator=generator)
+        perm, flips = perm.to(device), flips.to(device)
+        stats = torch.zeros(steps_per_epoch, 3, device=device)
+        for i in range(steps_per_epoch):
+            sl = slice(i * o.batch_size, (i + 1) * o.batch_size)
+            stats[i] = step_fn(perm[sl], flips[sl])
+        stats_cpu = stats.cpu()
+        bad = (~torch.isfinite(stats_cpu)).any(dim=1).nonzero()
+        if len(bad):
+            step = epoch * steps_per_epoch + int(bad[0]) + 1
+            last_good = start_epoch if not history else history[-1]["epoch"]
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch + 1}, step {step} (batch {int(bad[0]) + 1} of the epoch); "
+                f"training stopped. The last good checkpoint is {state_path} (after epoch {last_good}). "
+                "Lower optim.lr or check the data; `lmpt train --resume` continues from that checkpoint.")
+        sizes = torch.tensor([min(o.batch_size, n - i * o.batch_size) for i in range(steps_per_epoch)],
+                             dtype=torch.float64)
+        mean = (stats_cpu.double() * sizes[:, None]).sum(0) / n
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                               "train_loss": float(mean[0]), "train_cls": float(mean[1]),
+                               "train_cse": float(mean[2]) if trainer.uses_cse else None}
+        quiet = epoch > start_epoch
+        if has_val:
+            val = evaluate_splits(prepared.dataset, trainer.logits, ("val",), quiet=quiet)["val"]
+            row.update({f"val_{k}": v for k, v in headline(val, protocol).items()})
+        if cfg.run.select == "test":
+            test_now = evaluate_splits(prepared.dataset, trainer.logits, ("test",), quiet=quiet)["test"]
+            row.update({f"oracle_test_{k}": v for k, v in headline(test_now, protocol).items()})
+        row["epoch_s"] = time.perf_counter() - t_epoch
+        history.append(row)
+        score = {"val": row.get("val_total"), "test": row.get("oracle_test_total")}.get(cfg.run.select)
+        if score is not None:
+            score = float(dist_utils.broadcast_object(score))
+            if score > best["score"]:
+                best = {"epoch": epoch + 1, "score": score, "weights": trainer.state()}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            metric = row["val_total"] if has_val else row["train_loss"]
+            scheduler.step(float(dist_utils.broadcast_object(metric)))
+        elif scheduler is not None:
+            scheduler.step()
+        bar.set_postfix({k: f"{row[k]:.4f}" for k in ("train_loss", "val_total") if row.get(k) is not None})
+        bar.update(1)
+        if main:
+            tb.log(row)
+            write_history(run_dir, history)
+            last = epoch + 1 == o.epochs
+            if last or (epoch + 1) % max(1, cfg.run.checkpoint_every) == 0:
+                save_state(state_path, {
+                    "epoch": epoch + 1, "weights": trainer.state(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "generator": generator.get_state(), "history": history, "best": best,
+                    "backbone": prepared.backbone.fingerprint})
+        dist_utils.barrier()
+    bar.close()
+    tb.close()
+    timings["train_s"] = time.perf_counter() - t_train
+
+    if cfg.run.select in ("val", "test") and best["weights"] is not None:
+        trainer.load_state(best["weights"])
+        selected_epoch = best["epoch"]
+    else:
+        selected_epoch = o.epochs
+    t_eval = time.perf_counter()
+    results = evaluate_splits(prepared.dataset, trainer.logits, ("test", "val"))
+    metrics = run_metrics(cfg, prepared, results["test"], results.get("val"),
+                          selection=SELECTION_LABELS[cfg.run.select], selected_epoch=selected_epoch)
+    timings["eval_s"] = time.perf_counter() - t_eval
+    metrics["timing"] = timings
+    if main:
+        meta = {"backbone": prepared.backbone.describe(), "class_names": prepared.dataset.class_names,
+                "config": cfg.to_dict(), "method": cfg.run.method, "kind": trainer.kind,
+                "selected_epoch": selected_epoch, "selection": metrics["selection"],
+                "logit_scale": float(prepared.backbone.model.logit_scale.detach().exp()),
+                "preprocess": cfg.data.preprocess}
+        save_weights(run_dir / MODEL_FILES[trainer.kind], trainer.state(), meta)
+        write_run_files(run_dir, prepared, metrics, history, results["test"])
+    dist_utils.barrier()
+    return RunResult(run_dir=run_dir, metrics=metrics, history=history)
+
+
+__all__ = ["fit", "TrainingError", "ORACLE_LABEL"]

@@ -1,0 +1,72 @@
+"""The ``linear-probe`` method: ``Linear(D, C)`` trained on the cached frozen image features.
+
+The reference's "CLIP fine-tune" row (``finetune_clip/fc.py``) trains ``Linear(1024, C)`` on CLIP's image
+features with the DB loss and AdamW (lr 1e-4); its attempt to freeze the image encoder is a no-op, but its
+optimiser only holds the linear layer, so it is a linear probe (with RN50's batch-norm statistics drifting in
+train mode). Here the features come from the feature cache (both flips of every training image, like the
+prompt methods), so a run takes seconds.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..model import LinearProbe
+from ..zeroshot import zeroshot_text_features
+from .builders import build_loss
+from .config import Config
+from .data import Prepared
+
+
+class ProbeTrainer:
+    """The probe, loss and cached tensors of one linear-probe run (the same interface as ``PromptTrainer``)."""
+
+    kind = "probe"
+    uses_cse = False
+
+    def __init__(self, cfg: Config, prepared: Prepared, device: torch.device) -> None:
+        self.cfg = cfg
+        self.prepared = prepared
+        self.device = device
+        ds = prepared.dataset
+        backbone = prepared.backbone
+        scale = float(backbone.model.logit_scale.detach().exp())
+        init = None
+        if cfg.probe.init == "zeroshot":
+            init = zeroshot_text_features(backbone, ds.class_names, cfg.run.templates, device="cpu")
+            backbone.model.to("cpu")
+        torch.manual_seed(cfg.run.seed)
+        self.model = LinearProbe(backbone.embed_dim, ds.num_classes, scale, init).to(device)
+        loss_cfg = cfg.copy()
+        loss_cfg.loss.cse = False
+        self.loss_fn = build_loss(loss_cfg, ds).to(device)
+        self.params = list(self.model.parameters())
+        self.train_feats = F.normalize(prepared.features["train"].float(), dim=-1).to(device)
+        self.train_labels = torch.as_tensor(ds.train.labels, dtype=torch.float32, device=device)
+
+    def train(self) -> None:
+        self.model.train()
+
+    def loss(self, idx: torch.Tensor, flip: torch.Tensor) -> dict[str, Optional[torch.Tensor]]:
+        logits = self.model(self.train_feats[idx, flip], normalize_images=False)
+        return self.loss_fn(logits, self.train_labels[idx])
+
+    def all_reduce_grads(self) -> None:
+        """Every rank computes the same full loss: nothing to sum."""
+
+    @torch.no_grad()
+    def logits(self, split: str) -> Optional[torch.Tensor]:
+        feats = self.prepared.features.get(split)
+        if feats is None or getattr(self.prepared.dataset, split) is None:
+            return None
+        x = feats[:, 0] if feats.dim() == 3 else feats
+        return torch.cat([self.model(x[i:i + 8192].to(self.device).float()).cpu() for i in range(0, len(x), 8192)]) \
+            if len(x) else torch.zeros(0, self.prepared.dataset.num_classes)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", torch.float32, copy=True).contiguous() for k, v in self.model.state_dict().items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict({k: v.to(self.device) for k, v in state.items()})
