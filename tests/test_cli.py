@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from lmpt.cli import main
 from lmpt.engine.config import builtin_config_names, load_config

@@ -217,22 +217,12 @@ class ClassSpecificEmbeddingLoss(nn.Module):
     Never builds a ``[B, C, L, D]`` or ``[B, C, L]`` tensor: the summed cosine is one einsum of
     L2-normalised embeddings.
 
-    Defaults (``form="reference"``, ``distance="sum"``) were chosen on the generated benchmark's validation
-    split (``bench/cse_defaults.py``): with ``hinge`` the negatives never pass the margin (``D_bc`` is near
-    1 per position, margins are at most 0.2) and the positive term's gradient is 4-5 orders of magnitude below
-    the DB loss's, so the loss changes nothing; the reference form pushes prompts away from the captions of
-    images without the class, and with the summed distance its gradient is comparable to the DB loss's.
+    Defaults (``form="reference"``, ``distance="sum"``): chosen on the generated benchmark's validation
+    split (``bench/cse_defaults.py``; the evidence is in ``docs/method.md``).
     """
 
-    def __init__(
-        self,
-        class_freq: Counts,
-        margin: float = 0.2,
-        gamma: float = 2.0,
-        shift: int = 2,
-        form: str = "reference",
-        distance: str = "sum",
-    ) -> None:
+    def __init__(self, class_freq: Counts, margin: float = 0.2, gamma: float = 2.0, shift: int = 2,
+                 form: str = "reference", distance: str = "sum") -> None:
         super().__init__()
         if form not in CSE_FORMS:
             raise ValueError(f"form={form!r} is not supported; use one of {', '.join(map(repr, CSE_FORMS))}")
@@ -296,13 +286,8 @@ class ClassSpecificEmbeddingLoss(nn.Module):
         cos_sum = torch.einsum("btd,ctd->bc", cap * m.unsqueeze(-1), prm)
         return (count - cos_sum) / count.clamp_min(1.0)
 
-    def forward(
-        self,
-        caption_emb: torch.Tensor,
-        prompt_emb: torch.Tensor,
-        targets: torch.Tensor,
-        caption_mask: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+    def forward(self, caption_emb: torch.Tensor, prompt_emb: torch.Tensor, targets: torch.Tensor,
+                caption_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scalar CSE loss; see the class docstring."""
         self._check(caption_emb, prompt_emb, targets, caption_mask)
         dist = self.distances(caption_emb, prompt_emb, caption_mask)

@@ -7,10 +7,12 @@ the loss section exactly as configured.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..registry import Registry
-from .config import Config
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 @dataclass(frozen=True)

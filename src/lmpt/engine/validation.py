@@ -6,7 +6,7 @@ the key and the value.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from ..data.benchmarks import CLASS_NAME_STYLES
 from ..data.images import PREPROCESSING
@@ -17,8 +17,10 @@ from ..metrics import PROTOCOLS
 from ..precision import PRECISIONS
 from ..registry import Registry
 from ..zeroshot import TEMPLATE_MODES
-from .config import Config
 from .methods import METHODS
+
+if TYPE_CHECKING:  # a type only: config.py calls validate(), so importing it here would be a cycle
+    from .config import Config
 
 SELECTIONS = ("last", "val", "test")
 CAPTION_MODES = ("auto", "class-names", "off")

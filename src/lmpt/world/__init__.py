@@ -30,6 +30,15 @@ from typing import Optional, Union
 
 from ..cache import resolve_cache_dir
 from ..io import stable_hash
+from .clip import (
+    CONFIG_PATH,
+    WORLD_CONTEXT_LENGTH,
+    WORLD_MODEL_CONFIG,
+    WORLD_MODEL_NAME,
+    get_world_tokenizer,
+    get_world_transform,
+    register_world_models,
+)
 from .generate import GENERATOR_VERSION, default_sizes, generate_world, is_complete_world
 
 logger = logging.getLogger(__name__)
@@ -39,46 +48,6 @@ __all__ = [
     "get_world_tokenizer", "get_world_transform", "world_key", "build_world", "load_world_dataset",
     "generate_world", "GENERATOR_VERSION", "default_sizes", "is_complete_world",
 ]
-
-WORLD_MODEL_NAME = "lmpt-world-tiny"
-WORLD_CONTEXT_LENGTH = 32
-_CONFIG_PATH = Path(__file__).with_name(f"{WORLD_MODEL_NAME}.json")
-# The open_clip config of the world's CLIP, shipped as lmpt-world-tiny.json beside this file.
-WORLD_MODEL_CONFIG = json.loads(_CONFIG_PATH.read_text(encoding="utf-8"))
-
-
-def register_world_models() -> None:
-    """Make ``open_clip.create_model("lmpt-world-tiny")`` work (idempotent)."""
-    from ..backbone import register_model_configs
-
-    register_model_configs(_CONFIG_PATH)
-
-
-def get_world_tokenizer():
-    """The CLIP BPE tokenizer at the world model's context length (32): ``tok(list_of_str) -> [N, 32]``.
-
-    It is open_clip's ``SimpleTokenizer`` (the OpenAI CLIP vocabulary, 49408 tokens), as
-    returned by ``open_clip.get_tokenizer("lmpt-world-tiny")`` once the model is registered.
-    """
-    import open_clip
-
-    register_world_models()
-    return open_clip.get_tokenizer(WORLD_MODEL_NAME)
-
-
-def get_world_transform():
-    """Image preprocessing for world images: RGB tensor normalised with open_clip's mean/std.
-
-    World images are already 64 x 64 (other sizes are resized, bicubic, and centre-cropped).
-    The same as the ``preprocess_val`` of ``open_clip.create_model_and_transforms(WORLD_MODEL_NAME)``.
-    """
-    import open_clip
-
-    from .pretrain import IMAGE_MEAN, IMAGE_STD
-
-    return open_clip.image_transform(WORLD_MODEL_CONFIG["vision_cfg"]["image_size"], is_train=False,
-                                     mean=IMAGE_MEAN, std=IMAGE_STD)
-
 
 @dataclass
 class WorldInfo:
@@ -165,9 +134,9 @@ def build_world(cache_dir: Optional[Union[str, Path]] = None, num_classes: int =
 
         pretrain_world_clip(root, weights, seed=seed, recipe=recipe, progress=progress)
         pretrained = True
-    config_copy = root / _CONFIG_PATH.name  # the weights' architecture travels with them (backbone registry)
+    config_copy = root / CONFIG_PATH.name  # the weights' architecture travels with them (backbone registry)
     if not config_copy.is_file():
-        shutil.copyfile(_CONFIG_PATH, config_copy)
+        shutil.copyfile(CONFIG_PATH, config_copy)
     meta["clip"] = json.loads(metrics_path.read_text(encoding="utf-8"))
     info = WorldInfo(
         root=root,

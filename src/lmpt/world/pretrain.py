@@ -21,8 +21,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..backbone import quiet_open_clip
-from ..data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..io import atomic_path, atomic_write_json
+from .clip import IMAGE_MEAN, IMAGE_STD, WORLD_MODEL_NAME, get_world_tokenizer, register_world_models
 from ..metrics import average_precision
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["PretrainRecipe", "DEFAULT_RECIPE", "pretrain_world_clip", "zero_shot_map",
            "encode_images", "load_split_images", "IMAGE_MEAN", "IMAGE_STD"]
 
-IMAGE_MEAN = OPENAI_CLIP_MEAN  # open_clip's (OpenAI) defaults
-IMAGE_STD = OPENAI_CLIP_STD
 PROMPT = "a photo of a {}."
 
 
@@ -129,8 +127,6 @@ def pretrain_world_clip(world_dir: Union[str, Path], out_path: Union[str, Path],
     ``zero_shot_val_mAP`` (when ``eval_split`` is "val"), ``recipe``. They are also written
     next to the weights as ``<out_path stem>.json``.
     """
-    from . import WORLD_MODEL_NAME, get_world_tokenizer, register_world_models
-
     import open_clip
 
     t0 = time.perf_counter()
