@@ -82,3 +82,106 @@ def test_builtin_configs_load_with_overrides():
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "lmpt", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("lmpt ")
+
+
+def _one_line_error(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (argv, code, err)
+    assert "Traceback" not in err, (argv, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, (argv, err)
+    return lines[0]
+
+
+def test_bad_input_table_gets_one_line_and_exit_code_2(tiny_data, tmp_path, capsys):
+    """Every mistake below ends in one line that names the value, exit code 2, and no traceback."""
+    base = tiny_overrides(tiny_data, tmp_path)
+    image = str(sorted((tiny_data["root"] / "img").glob("test*.png"))[0])
+    cases = [
+        (["train", "world", "loss.db_preset=nope"], "loss.db_preset='nope'"),
+        (["train", "world", "loss.db={kappaa: 2}"], "'kappaa'. Did you mean kappa"),
+        (["train", "world", "data.world_classes=0"], "unknown key 'data.world_classes'"),
+        (["train"] + base + ["optim.lrr=1"], "unknown key 'optim.lrr'. Did you mean lr"),
+        (["train"] + base + ["optim.lr=-1"], "optim.lr=-1.0"),
+        (["train"] + base + ["optim.epochs=0"], "optim.epochs=0"),
+        (["train"] + base + ["optim.epochs=many"], "optim.epochs must be an integer, got 'many'"),
+        (["train"] + base + ["optim.batch_size=0"], "optim.batch_size=0"),
+        (["train"] + base + ["optim.momentum=1.5"], "optim.momentum=1.5"),
+        (["train"] + base + ["optim.name=adagrad"], "optim.name='adagrad'"),
+        (["train"] + base + ["optim.schedule=step"], "optim.schedule='step'"),
+        (["train"] + base + ["loss.lam=2"], "loss.lam=2.0"),
+        (["train"] + base + ["run.method=custom", "loss.classification=ce"], "loss.classification='ce'"),
+        (["train"] + base + ["loss.cse_form=soft"], "loss.cse_form='soft'"),
+        (["train"] + base + ["loss.asl={gama_neg: 3}"], "'gama_neg'. Did you mean gamma_neg"),
+        (["train"] + base + ["loss.db={neg_scale: 0}"], "loss.db.neg_scale=0"),
+        (["train"] + base + ["loss.db={kappa: [1, 2]}"], "loss.db.kappa=[1, 2]"),
+        (["train"] + base + ["loss.db=5"], "loss.db must be a mapping"),
+        (["train"] + base + ["model.backbone=RN5O"], "unknown backbone 'RN5O'"),
+        (["train"] + base + ["model.pretrained=/nope/RN50.pt"], "weights file not found: /nope/RN50.pt"),
+        (["train"] + base + ["model.n_ctx=0"], "model.n_ctx=0"),
+        (["train"] + base + ["model.quick_gelu=maybe"], "model.quick_gelu='maybe'"),
+        (["train"] + base + ["data.val_fraction=1.5"], "data.val_fraction=1.5"),
+        (["train"] + base + ["data.preprocess=squash"], "data.preprocess='squash'"),
+        (["train"] + base + ["data.captions=some"], "data.captions='some'"),
+        (["train"] + base + ["data.dataset=imagenet"], "data.dataset='imagenet'"),
+        (["train"] + base + ["data.feature_chunk_size=0"], "data.feature_chunk_size=0"),
+        (["train"] + base + ["data.train=/nope/train.jsonl"], "/nope/train.jsonl"),
+        (["train"] + base + ["run.method=clip"], "run.method='clip'"),
+        (["train"] + base + ["run.select=best"], "run.select='best'"),
+        (["train"] + base + ["run.precision=fp8"], "run.precision='fp8'"),
+        (["train"] + base + ["run.device=gpu"], "run.device='gpu'"),
+        (["train"] + base + ["run.templates=many"], "run.templates='many'"),
+        (["train"] + base + ["run.zeroshot_protocol=paper"], "run.zeroshot_protocol='paper'"),
+        (["train"] + base + ["optim.lr=1e-3", "extra"], "unexpected argument 'extra'"),
+        (["train"] + base + ["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+        (["train"] + base + ["--method", "clip"], "argument --method: invalid choice: 'clip'"),
+        (["train", "voc-lt-rn50"], "data.root is not set"),
+        (["train", "voc-lt-rn50", "data.root=/nope/VOC"], "/nope/VOC does not exist"),
+        (["train", "no-such-config.yaml"], "config file not found: no-such-config.yaml"),
+        (["train", "--resume", str(tmp_path / "nothing")], "is not a run folder"),
+        (["sweep", "world", "--methods", "zeroshot,clip"], "unknown method(s) clip"),
+        (["sweep", "world", "--seeds", "a,b"], "--seeds must be comma-separated integers, got 'a,b'"),
+        (["predict", "--run", str(tmp_path), image], "no trained classifier in"),
+        (["predict", "--run", str(tmp_path), str(tmp_path / "gone.png")], "image not found"),
+        (["eval", str(tmp_path)], "no trained classifier in"),
+        (["demo", "--classes", "0"], "--classes 0"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["data"], "needs an action"),
+        (["data", "check", "voc-lt"], "pass data.root=DIR"),
+        (["data", "check", "manifest", "--train", str(tiny_data["train"])], "a test manifest"),
+    ]
+    assert len(cases) >= 30
+    for argv, message in cases:
+        line = _one_line_error(capsys, argv)
+        assert message in line, (argv, line)
+
+
+def test_options_and_overrides_in_any_order(tiny_data, tmp_path, capsys):
+    """`lmpt train CONFIG --method X KEY=VALUE` works: overrides after options are not 'unrecognized'."""
+    base = tiny_overrides(tiny_data, tmp_path, **{"optim.epochs": 1})
+    assert main(["train", "--method", "coop", *base[:4], "--name", "mixed", *base[4:]]) == 0
+    run_dir = tmp_path / "runs" / "mixed"
+    assert json.loads((run_dir / "metrics.json").read_text())["method"] == "coop"
+    assert "method: coop" in (run_dir / "config.yaml").read_text()
+    capsys.readouterr()
+    # an override after the last option, and a --seed between overrides
+    assert main(["train", *base[:2], "--seed", "3", *base[2:], "--name", "mixed2", "run.method=coop-db"]) == 0
+    metrics = json.loads((tmp_path / "runs" / "mixed2" / "metrics.json").read_text())
+    assert metrics["method"] == "coop-db" and metrics["seed"] == 3
+
+
+def test_resume_refuses_changed_settings(tiny_data, tmp_path, capsys):
+    base = tiny_overrides(tiny_data, tmp_path, **{"optim.epochs": 1})
+    assert main(["train", "--name", "r"] + base) == 0
+    run_dir = str(tmp_path / "runs" / "r")
+    capsys.readouterr()
+    line = _one_line_error(capsys, ["train", "--resume", run_dir, "model.n_ctx=8"])
+    assert "model.n_ctx=8" in line and "model.n_ctx=4" in line
+    line = _one_line_error(capsys, ["train", "--resume", run_dir, "--method", "coop"])
+    assert "run.method='coop'" in line
+    # where things are may change: the finished run resumes as a no-op
+    assert main(["train", "--resume", run_dir, "run.progress=false", "data.num_workers=0"]) == 0
+    # a new run into a folder that holds one is refused
+    line = _one_line_error(capsys, ["train", "--name", "r"] + base)
+    assert "already holds a run" in line

@@ -78,10 +78,10 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()):
 
     overrides = _overrides(args) + list(extra)
     if args.config == "world":  # the generated world: build (or reuse) it, then point the settings at it
-        from .engine.config import apply_overrides, Config
         from .engine.demo import build_demo_world, world_overrides
 
-        cache = apply_overrides(Config(), [o for o in overrides if o.startswith("data.cache_dir=")]).data.cache_dir
+        # check the user's overrides before spending minutes on the world (its paths are filled in after)
+        cache = load_config("world", ["data.train=-", "data.test=-"] + overrides).data.cache_dir
         overrides = world_overrides(build_demo_world(cache_dir=cache)) + overrides
     if args.config is None and not overrides:
         raise UserError(f"{args.command} needs a CONFIG (a YAML file, a built-in name or `world`) or KEY=VALUE overrides")

@@ -165,8 +165,8 @@ def validate(cfg: Config) -> None:
 def check_resume(saved: Config, requested: Config, run_dir: str) -> None:
     """Refuse to resume a run with settings that change what it computes (paths and speed may change)."""
     a, b = saved.to_dict(), requested.to_dict()
-    for section, values in a.items():
-        for key, old in values.items():
+    for section in ("run", "model", "data", "optim", "probe", "loss"):  # the loss section follows run.method
+        for key, old in a[section].items():
             new = b[section][key]
             if old != new and key not in RESUMABLE.get(section, set()):
                 raise ConfigError(f"cannot resume {run_dir} with {section}.{key}={new!r}: the run was started with "
