@@ -347,3 +347,25 @@ def test_transforms(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8garbage")
     with pytest.raises(DataError, match="broken.jpg"):
         ImageListDataset([tmp_path / "broken.jpg"], build_transform("clip", 16))[0]
+
+
+def test_reproduce_configs_train_on_the_whole_list_with_the_references_names(voc_root, coco_root):
+    """voc-lt-*/coco-lt-*: all 1,142 / 1,909 train images, no validation split, the reference's prompt names."""
+    from lmpt.engine.config import load_config
+    from lmpt.engine.data import dataset_from_config
+
+    for name, root, n_train in (("voc-lt-rn50", voc_root, 1142), ("coco-lt-vitb16", coco_root, 1909)):
+        cfg = load_config(name, [f"data.root={root}"])
+        assert cfg.data.val_fraction == 0 and cfg.run.select == "last" and cfg.data.class_names == "raw"
+        assert cfg.run.zeroshot_protocol == "reference" and cfg.run.templates == "reference"
+        ds = dataset_from_config(cfg)
+        assert len(ds.train) == n_train and ds.val is None
+    voc = dataset_from_config(load_config("voc-lt-rn50", [f"data.root={voc_root}"]))
+    assert voc.class_names[10] == "diningtable" and voc.class_names[19] == "tvmonitor"
+    # validation stays available as an opt-in
+    opt_in = dataset_from_config(load_config("voc-lt-rn50", [f"data.root={voc_root}", "data.val_fraction=0.1"]))
+    assert opt_in.val is not None and len(opt_in.train) + len(opt_in.val) == 1142
+    # the reference's zero-shot script keeps the first word of each label-file line
+    coco_zs = benchmark_class_names("coco-lt", "first-word")
+    assert coco_zs[9] == "traffic" and coco_zs[34] == coco_zs[35] == "baseball"
+    assert benchmark_class_names("voc-lt", "first-word")[10] == "diningtable"
