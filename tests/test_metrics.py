@@ -247,3 +247,25 @@ def test_evaluate_scores_structure_and_values():
     assert out["softmax"]["CF1"] == pytest.approx(f1_scores(sm, targets, 0.3)["CF1"])
     assert out["sigmoid"]["OF1"] == pytest.approx(
         f1_scores(scores_from_logits(logits, "sigmoid"), targets, 0.5)["OF1"])
+
+
+def test_weighted_ap_equals_sklearn_on_the_resampled_rows():
+    from lmpt.metrics import weighted_average_precision
+
+    rng = np.random.default_rng(7)
+    scores = np.round(rng.random((30, 4)), 1)  # ties
+    targets = (rng.random((30, 4)) < 0.4).astype(int)
+    targets[:, 3] = 0
+    targets[2, 3] = 1  # one positive: some resamples miss it
+    draws = rng.integers(0, 30, size=(25, 30))
+    weights = np.stack([np.bincount(d, minlength=30) for d in draws])
+    got = weighted_average_precision(scores, targets, weights)
+    for b, d in enumerate(draws):
+        for c in range(4):
+            y = targets[d, c]
+            if y.sum() == 0:
+                assert np.isnan(got[b, c])
+            else:
+                assert got[b, c] == pytest.approx(average_precision_score(y, scores[d, c]), rel=1e-12)
+    np.testing.assert_allclose(weighted_average_precision(scores, targets, np.ones((1, 30)))[0],
+                               _sklearn_ap(scores, targets), rtol=1e-12)

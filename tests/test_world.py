@@ -288,7 +288,7 @@ def test_demo_writes_summary(tmp_path):
                        world_options={"scale": 0.1, "sizes": {"val": 40, "test": 60, "pretrain": 128},
                                       "pretrain_steps": 2})
     on_disk = json.loads((out / "summary.json").read_text())
-    assert set(on_disk["methods"]) == set(DEMO_METHODS) == {"zeroshot", "coop", "coop-db", "lmpt"}
+    assert set(on_disk["methods"]) == set(DEMO_METHODS) == {"zeroshot", "linear-probe", "coop", "coop-db", "lmpt"}
     for name, groups in on_disk["methods"].items():
         for g in ("total", "head", "medium", "tail"):
             mean, std = groups[g]["mean"], groups[g]["std"]
@@ -298,8 +298,18 @@ def test_demo_writes_summary(tmp_path):
     assert on_disk["methods"]["zeroshot"]["total"]["std"] == 0.0  # one run: nothing to vary
     assert "NaN" not in (out / "summary.json").read_text()  # strict JSON
     runs = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert runs == sorted(["zeroshot"] + [f"{m}-seed{s}" for m in ("coop", "coop-db", "lmpt") for s in (0, 1)])
+    assert runs == sorted(["zeroshot"] + [f"{m}-seed{s}" for m in ("linear-probe", "coop", "coop-db", "lmpt")
+                                          for s in (0, 1)])
     text = (out / "summary.md").read_text()
     assert "| lmpt |" in text and "selection: last" in text
+    # paired differences: every method against zero-shot, lmpt against coop-db, with intervals around them
+    comparisons = on_disk["comparisons"]
+    assert set(comparisons) == {"linear-probe - zeroshot", "coop - zeroshot", "coop-db - zeroshot",
+                                "lmpt - zeroshot", "lmpt - coop-db"}
+    for entry in comparisons.values():
+        assert entry["total"]["low"] <= entry["total"]["diff"] <= entry["total"]["high"]
+    lmpt, coop_db = on_disk["methods"]["lmpt"]["total"]["mean"], on_disk["methods"]["coop-db"]["total"]["mean"]
+    assert abs(comparisons["lmpt - coop-db"]["total"]["diff"] - (lmpt - coop_db)) < 1e-6
+    assert "| lmpt - coop-db |" in text and (out / "world.yaml").is_file()
     assert (out / "README.md").is_file() and (out / "summary.png").is_file()
     assert summary["timing"]["total_s"] > 0

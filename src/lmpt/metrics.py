@@ -15,6 +15,7 @@ from lmpt.data.dataset import HEAD_MIN, TAIL_MAX, class_groups
 
 __all__ = [
     "average_precision",
+    "weighted_average_precision",
     "mean_ap",
     "lt_map",
     "lt_map_from_ap",
@@ -82,6 +83,35 @@ def average_precision(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
     has_pos = n_pos > 0
     ap[has_pos] = (y_sorted[:, has_pos] * prec_at_end[:, has_pos]).sum(axis=0) / n_pos[has_pos]
     return ap
+
+
+def weighted_average_precision(scores: ArrayLike, targets: ArrayLike, weights: ArrayLike) -> np.ndarray:
+    """Per-class AP of many weightings of the same images: ``[B, C]`` for ``weights`` ``[B, N]``.
+
+    With integer weights (how often each image was drawn) this is :func:`average_precision` of the resampled
+    rows, for every resample at once (the images are sorted once): ``AP = sum_i w_i y_i P(end of i's tie group)
+    / sum_i w_i y_i`` with ``P(k) = sum_{j<=k} w_j y_j / sum_{j<=k} w_j``. NaN where a class has no positive
+    of positive weight.
+    """
+    s, y = _scores_targets(scores, targets)
+    w = _to_numpy(weights)
+    if w.ndim != 2 or w.shape[1] != s.shape[0]:
+        raise ValueError(f"weights must be [B, N] with N = {s.shape[0]} images, got {w.shape}")
+    n, c = s.shape
+    out = np.full((w.shape[0], c), np.nan)
+    for k in range(c):
+        order = np.argsort(-s[:, k], kind="stable")
+        s_k, y_k, w_k = s[order, k], y[order, k].astype(np.float64), w[:, order]
+        is_last = np.ones(n, dtype=bool)
+        is_last[:-1] = s_k[:-1] != s_k[1:]
+        group_end = np.minimum.accumulate(np.where(is_last, np.arange(n), n)[::-1])[::-1]
+        tp = np.cumsum(w_k * y_k, axis=1)
+        seen = np.cumsum(w_k, axis=1)
+        precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)[:, group_end]
+        positives = tp[:, -1]
+        has = positives > 0
+        out[has, k] = (w_k[has] * y_k * precision[has]).sum(axis=1) / positives[has]
+    return out
 
 
 def mean_ap(ap: ArrayLike) -> float:

@@ -22,12 +22,13 @@ import yaml
 from ..io import atomic_write_json, atomic_write_text
 from .config import load_config
 from .data import prepare
+from .compare import comparison_table
 from .report import summary_table
 from .sweep import run_sweep
 
 logger = logging.getLogger(__name__)
 
-DEMO_METHODS = ("zeroshot", "coop", "coop-db", "lmpt")
+DEMO_METHODS = ("zeroshot", "linear-probe", "coop", "coop-db", "lmpt")
 QUICK = {"scale": 0.35, "sizes": {"val": 200, "test": 400, "pretrain": 3000}, "pretrain_steps": 120, "epochs": 12}
 
 
@@ -133,6 +134,9 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     _write_demo_readme(out, summary, quick)
     _say(summary_table(summary["methods"], f"Test mAP (%), {summary['protocol']} protocol, mean ± std over "
                                            f"{len(seed_list)} seed(s); selection: {summary['selection']}."))
+    if summary.get("comparisons"):
+        _say("\nPaired differences (points, 95% bootstrap interval over test images):\n"
+             + comparison_table(summary["comparisons"]))
     _say(f"wrote {out / 'summary.md'} and {out / 'summary.json'} in {timing['total_s']:.0f} s; "
          f"more runs on this world: lmpt train {out / 'world.yaml'} --method coop-db")
     return summary

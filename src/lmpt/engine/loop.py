@@ -19,6 +19,7 @@ from ..errors import ConfigError, UserError
 from ..progress import progress
 from .builders import build_optimizer, build_scheduler
 from .checkpoint import MODEL_FILES, STATE_FILE, load_state, save_state, save_weights
+from .compare import save_test_logits
 from .config import Config
 from .data import Prepared
 from .evaluate import evaluate_splits, headline
@@ -161,7 +162,8 @@ def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
     else:
         selected_epoch = o.epochs
     t_eval = time.perf_counter()
-    results = evaluate_splits(prepared.dataset, trainer.logits, ("test", "val"))
+    logits = {split: trainer.logits(split) for split in ("test", "val")}
+    results = evaluate_splits(prepared.dataset, logits.get, ("test", "val"))
     metrics = run_metrics(cfg, prepared, results["test"], results.get("val"),
                           selection=SELECTION_LABELS[cfg.run.select], selected_epoch=selected_epoch)
     timings["eval_s"] = time.perf_counter() - t_eval
@@ -173,6 +175,7 @@ def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
                 "logit_scale": float(prepared.backbone.model.logit_scale.detach().exp()),
                 "preprocess": cfg.data.preprocess}
         save_weights(run_dir / MODEL_FILES[trainer.kind], trainer.state(), meta)
+        save_test_logits(run_dir, logits["test"])
         write_run_files(run_dir, prepared, metrics, history, results["test"])
     dist_utils.barrier()
     return RunResult(run_dir=run_dir, metrics=metrics, history=history)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .. import distributed as dist_utils
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
+from .compare import comparison_table, default_pairs, paired_differences
 from .config import Config, load_config
 from .data import Prepared, prepare, resolve_device
 from .methods import resolve_method
@@ -55,11 +56,13 @@ def _reusable(run_dir: Path, cfg: Config, prepared: Prepared) -> Optional[dict[s
 
 def run_sweep(cfg: Config, methods: Sequence[str], seeds: Sequence[int], out_dir: Union[str, Path],
               prepared: Optional[Prepared] = None, title: str = "sweep",
-              on_run: Optional[Callable[[str, int, dict[str, Any]], None]] = None) -> dict[str, Any]:
+              on_run: Optional[Callable[[str, int, dict[str, Any]], None]] = None,
+              n_boot: int = 1000) -> dict[str, Any]:
     """Train every (method, seed) on the same prepared data and summarise into ``out_dir``.
 
     Zero-shot does not depend on the seed and runs once. Writes ``summary.json``, ``summary.md`` and
-    ``summary.png``.
+    ``summary.png``; the summary compares every method with zero-shot and ``lmpt`` with ``coop-db``
+    (paired bootstrap over test images, ``n_boot`` resamples; see :mod:`lmpt.engine.compare`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,6 +86,10 @@ def run_sweep(cfg: Config, methods: Sequence[str], seeds: Sequence[int], out_dir
             if on_run is not None:
                 on_run(method, seed, metrics)
     summary = summarise(runs, cfg)
+    ds = prepared.dataset
+    summary["comparisons"] = paired_differences(
+        {m: [Path(r["run_dir"]) for r in items] for m, items in runs.items()}, ds.test.labels, ds.class_freq,
+        default_pairs(list(runs)), protocol=cfg.run.protocol, n_boot=n_boot)
     if dist_utils.is_main():
         write_summary(out, summary, title)
     return summary
@@ -115,6 +122,13 @@ def write_summary(out: Path, summary: dict[str, Any], title: str) -> None:
     if summary["oracle"]:
         note += " **test-selected (oracle): optimistic, for comparison with the reference protocol only.**"
     text = [f"# {title}", "", summary_table(summary["methods"], note), ""]
+    if summary.get("comparisons"):
+        e = next(iter(summary["comparisons"].values()))
+        text += ["## Paired differences", "",
+                 comparison_table(summary["comparisons"]), "",
+                 f"Test mAP difference in points (A - B), each method's mAP the mean over its seeds; 95% interval "
+                 f"from {e['resamples']} paired bootstrap resamples of the test images (the same images for both "
+                 "methods). An interval that contains 0 means no measurable difference on this test set.", ""]
     if summary["val"]:
         text += ["## Validation mAP", "", summary_table(summary["val"]), ""]
     text += ["![summary](summary.png)", ""]

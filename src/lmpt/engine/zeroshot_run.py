@@ -24,6 +24,7 @@ import torch
 from .. import distributed as dist_utils
 from ..data.dataset import MultiLabelDataset
 from ..zeroshot import zeroshot_text_features
+from .compare import save_test_logits
 from .config import Config
 from .data import Prepared, split_features
 from .evaluate import evaluate_splits, logits_from_features
@@ -59,6 +60,7 @@ def run_zeroshot(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.d
     backbone = prepared.backbone
     dataset = prepared.dataset
     features = dict(prepared.features)
+    keep: dict[str, np.ndarray] = {}
     if cfg.run.zeroshot_protocol == "reference":
         names, templates = _reference_names(dataset), "reference"
         dataset, keep = _labelled_only(dataset)
@@ -74,8 +76,9 @@ def run_zeroshot(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.d
     text = zeroshot_text_features(backbone, names, templates, device=device)
     backbone.model.to("cpu")
     scale = float(backbone.model.logit_scale.detach().exp())
-    results = evaluate_splits(dataset, lambda s: logits_from_features(features[s], text.cpu(), scale)
-                              if features.get(s) is not None else None)
+    logits = {s: logits_from_features(features[s], text.cpu(), scale) for s in ("test", "val")
+              if features.get(s) is not None and getattr(dataset, s) is not None}
+    results = evaluate_splits(dataset, logits.get)
     timings["eval_s"] = time.perf_counter() - t0
     view = Prepared(dataset=dataset, backbone=backbone, features=features)
     metrics: dict[str, Any] = run_metrics(cfg, view, results["test"], results.get("val"), selection=selection,
@@ -85,4 +88,7 @@ def run_zeroshot(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.d
     metrics["timing"] = timings
     if dist_utils.is_main():
         write_run_files(run_dir, view, metrics, [], results["test"])
+        rows = keep.get("test")
+        save_test_logits(run_dir, logits["test"], rows if rows is not None and len(rows) < len(prepared.dataset.test)
+                         else None)
     return RunResult(run_dir=run_dir, metrics=metrics, history=[])
