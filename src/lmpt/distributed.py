@@ -55,22 +55,9 @@ def init_from_env(device: str = "cpu", timeout_s: Optional[float] = None) -> boo
     return True
 
 
-def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
-    """Average ``tensor`` over ranks, in place."""
-    if is_initialized() and world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor.div_(world_size())
-    return tensor
-
-
 def broadcast_object(obj: object, src: int = 0) -> object:
     if not is_initialized():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def destroy() -> None:
-    if is_initialized():
-        dist.destroy_process_group()
