@@ -45,7 +45,7 @@ def test_user_mistakes_get_messages_not_tracebacks(tiny_data, tmp_path, capsys):
         (["train", "no-such-config.yaml"], "config file not found: no-such-config.yaml"),
         (["train", "voc-lt-rn50"], "data.root is not set"),
         (["train"] + base + ["data.train=/nope/train.jsonl"], "/nope/train.jsonl"),
-        (["predict", "--run", str(tmp_path), str(tiny_data["train"])], "no trained classifier in"),
+        (["predict", "--run", str(tmp_path), str(tiny_data["train"])], "no classifier in"),
         (["train", "--resume", str(tmp_path / "nothing")], "is not a run folder"),
     ]
     for argv, message in cases:
@@ -142,9 +142,9 @@ def test_bad_input_table_gets_one_line_and_exit_code_2(tiny_data, tmp_path, caps
         (["train", "--resume", str(tmp_path / "nothing")], "is not a run folder"),
         (["sweep", "world", "--methods", "zeroshot,clip"], "unknown method(s) clip"),
         (["sweep", "world", "--seeds", "a,b"], "--seeds must be comma-separated integers, got 'a,b'"),
-        (["predict", "--run", str(tmp_path), image], "no trained classifier in"),
-        (["predict", "--run", str(tmp_path), str(tmp_path / "gone.png")], "image not found"),
-        (["eval", str(tmp_path)], "no trained classifier in"),
+        (["predict", "--run", str(tmp_path), image], "no classifier in"),
+        (["predict", "--run", str(tmp_path), str(tmp_path / "gone.png")], "input not found"),
+        (["eval", str(tmp_path)], "no classifier in"),
         (["demo", "--classes", "0"], "--classes 0"),
         (["frobnicate"], "unknown command 'frobnicate'"),
         (["data"], "needs an action"),

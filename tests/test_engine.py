@@ -168,18 +168,25 @@ def test_eval_and_predict_use_the_checkpoint(tiny_data, tmp_path):
 
     run = load_run(result.run_dir)
     images = sorted((tiny_data["root"] / "img").glob("test000*.png"))[:4]
-    preds = predict_images(run, images, top_k=2)
+    preds = predict_images(run, images, top_k=2).predictions
     assert [len(p.labels) for p in preds] == [2] * 4
     assert all(p.labels[0][1] >= p.labels[1][1] for p in preds)
-    # the scores are sigmoid(logits) of the cached test features (same preprocessing)
+    # the scores are the calibrated probabilities sigmoid(a * logit + b) of the cached test features, with the
+    # (a, b) stored in the classifier file, and the default labels are those at each class's own threshold
     prepared = prepare(load_config(result.run_dir / "config.yaml"))
     idx = [prepared.dataset.test.ids.index(f"img/{p.name}") for p in images]
     logits = run.model.feature_logits(prepared.features["test"][idx, 0])
-    expected = torch.sigmoid(logits).numpy()
+    cal = run.meta["calibration"]
+    expected = torch.sigmoid(logits * torch.tensor(cal["a"]) + torch.tensor(cal["b"])).numpy()
     got = np.array([[p.scores[n] for n in run.meta["class_names"]] for p in preds])
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    thresholded = predict_images(run, images, threshold=0.5)
+    names = run.meta["class_names"]
+    default = predict_images(run, images).predictions
+    for p, e in zip(default, expected):
+        assert {n for n, _ in p.labels} == {names[c] for c in range(len(names)) if e[c] >= cal["thresholds"][c]}
+    thresholded = predict_images(run, images, threshold=0.5).predictions
     assert all(all(s >= 0.5 for _, s in p.labels) for p in thresholded)
+    assert metrics["decisions"]["calibrated"] == result.metrics["decisions"]["calibrated"]
 
 
 def test_checkpoint_mismatch_is_refused(tiny_data, tmp_path):

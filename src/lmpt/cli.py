@@ -51,6 +51,11 @@ def _print_headline(metrics: dict, run_dir: Optional[Path] = None) -> None:
         print("NOTE: test-selected (oracle): the checkpoint was chosen on the test set")
     print(f"test mAP (%), selection: {metrics['selection']}")
     print(metrics_table(metrics, "test"))
+    d = metrics.get("decisions")
+    if d:
+        c = d["calibrated"]
+        print(f"decisions at calibrated thresholds: {c['labels_per_image']:.2f} labels per image (true "
+              f"{c['true_labels_per_image']:.2f}), OF1 {100 * c['OF1']:.2f}, CF1 {100 * c['CF1']:.2f}; ECE {d['ece']:.3f}")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -125,16 +130,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.data import resolve_device
-    from .engine.inference import load_run, predict_images, predictions_json, predictions_table
+    from .predictor import collect_inputs, format_predictions, predict_paths
 
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        raise UserError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if (args.run is None) == (args.model is None):
+        raise UserError("give the classifier: --run RUN_DIR (a run folder) or --model FILE (from `lmpt export`)")
+    inputs = collect_inputs(args.inputs)
     device = resolve_device(args.device or "auto")
-    loaded = load_run(args.run, weights=args.weights, device=device)
-    preds = predict_images(loaded, args.images, threshold=args.threshold, top_k=args.top_k, protocol=args.protocol,
-                           device=device)
-    print(predictions_json(preds) if args.format == "json" else predictions_table(preds))
+    if args.model is not None:
+        from .exported import load_classifier
+
+        scorer = load_classifier(args.model, device)
+    else:
+        from .engine.inference import RunScorer, load_run
+
+        scorer = RunScorer(load_run(args.run, weights=args.weights, device=device))
+    workers = args.workers if args.workers is not None else (min(4, os.cpu_count() or 1) if len(inputs.paths) > 64 else 0)
+    result = predict_paths(scorer, inputs, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
+                           num_workers=workers, strict=args.strict, show_progress=not args.quiet)
+    for path, reason in result.failed[:5]:
+        print(f"skipped: {reason}", file=sys.stderr)
+    if len(result.failed) > 5:
+        print(f"skipped {len(result.failed) - 5} more unreadable files", file=sys.stderr)
+    if not result.predictions:
+        print(f"error: none of the {len(inputs.paths)} images could be read", file=sys.stderr)
+        return 2
+    text = format_predictions(result, args.format)
+    if args.out:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+        print(f"written: {args.out} ({len(result.predictions)} images)", file=sys.stderr)
+    else:
+        print(text)
+    if result.summary:
+        s = result.summary
+        print(f"with labels: {s['images']} images: precision {s['precision']:.3f}, recall {s['recall']:.3f}, "
+              f"F1 {s['f1']:.3f}; {s['labels_per_image']:.2f} labels per image (true {s['true_labels_per_image']:.2f})",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .engine.export import export_run
+
+    out = export_run(args.run_dir, args.out, weights=args.weights)
+    print(f"written: {out} (load it with `lmpt predict --model {out} IMAGES` or lmpt.load_classifier)")
     return 0
 
 
@@ -243,17 +283,35 @@ def _eval_parser() -> _Parser:
 
 
 def _predict_parser() -> _Parser:
-    sp = _Parser(prog="lmpt predict", description="Label new images with a trained run.")
-    sp.add_argument("images", nargs="+", help="image files")
-    sp.add_argument("--run", required=True, help="run folder (or its .safetensors classifier file)")
-    sp.add_argument("--threshold", type=float, default=None, help="report labels with score >= T "
-                    "(default 0.5 for sigmoid, 0.3 for softmax)")
-    sp.add_argument("--top-k", type=int, default=None, help="report the K best labels instead of a threshold")
-    sp.add_argument("--protocol", choices=["sigmoid", "softmax"], default="sigmoid", help="score per class "
-                    "(sigmoid) or across classes (softmax)")
-    sp.add_argument("--format", choices=["table", "json"], default="table")
+    from .predictor import FORMATS
+
+    sp = _Parser(prog="lmpt predict", description="Label images with a trained run or an exported classifier. "
+                 "Inputs: image files, folders (recursive), glob patterns, or .jsonl/.csv manifests (their labels, "
+                 "if any, give precision/recall/F1 at the end).")
+    sp.add_argument("inputs", nargs="+", help="images, folders, glob patterns or manifests")
+    sp.add_argument("--run", default=None, help="run folder (or its .safetensors classifier file)")
+    sp.add_argument("--model", default=None, help="a classifier written by `lmpt export` (instead of --run)")
+    sp.add_argument("--threshold", type=float, default=None, help="one threshold T on the calibrated probability "
+                    "for every class (default: each class's threshold fitted on validation data)")
+    sp.add_argument("--top-k", type=int, default=None, help="report the K most probable labels instead")
+    sp.add_argument("--format", choices=list(FORMATS), default="table")
+    sp.add_argument("--out", default=None, help="write the predictions to this file instead of stdout")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--workers", type=int, default=None, help="image decoding processes (default: up to 4)")
+    sp.add_argument("--strict", action="store_true", help="stop at the first unreadable image (default: skip it)")
     sp.add_argument("--weights", default=None, help="CLIP weights file, if it moved since training")
     sp.add_argument("--device", default=None)
+    sp.add_argument("--quiet", action="store_true", help="no progress")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    return sp
+
+
+def _export_parser() -> _Parser:
+    sp = _Parser(prog="lmpt export", description="Write a run's classifier as one TorchScript file (image tower, "
+                 "class features, calibration, thresholds, class names, preprocessing).")
+    sp.add_argument("run_dir", help="run folder (or its .safetensors classifier file)")
+    sp.add_argument("--out", required=True, help="output file, e.g. model.pt")
+    sp.add_argument("--weights", default=None, help="CLIP weights file, if it moved since training")
     sp.add_argument("-v", "--verbose", action="store_true")
     return sp
 
@@ -308,7 +366,8 @@ COMMANDS: dict[str, tuple[str, Callable[[], _Parser], Callable[[argparse.Namespa
     "train": ("train a classifier (prompts, or --method linear-probe)", _train_parser, cmd_train),
     "zeroshot": ("evaluate zero-shot CLIP", _zeroshot_parser, cmd_zeroshot),
     "eval": ("re-evaluate a finished run", _eval_parser, cmd_eval),
-    "predict": ("label new images with a trained run", _predict_parser, cmd_predict),
+    "predict": ("label images with a run or an exported classifier", _predict_parser, cmd_predict),
+    "export": ("write a run's classifier as one TorchScript file", _export_parser, cmd_export),
     "sweep": ("methods x seeds, with a mean ± std table", _sweep_parser, cmd_sweep),
     "data check": ("check a data set's images and print a summary", _check_parser, cmd_data_check),
     "data features": ("fill the feature cache of a config (torchrun: sharded)", _features_parser, cmd_data_features),

@@ -271,6 +271,22 @@ def load_manifest_split(path: PathLike, classes: Union[PathLike, Sequence[str]],
     return split
 
 
+def read_manifest_images(path: PathLike, image_root: Optional[PathLike] = None) -> tuple[list[str], list[list[str]]]:
+    """The image paths (resolved against ``image_root`` or the manifest's folder) and label names of a manifest.
+
+    For labelling new images: rows may have empty labels, and class names are not checked.
+    """
+    path = Path(path).expanduser()
+    errors: list[str] = []
+    rows = _read_manifest(path, errors)
+    if errors:
+        raise DataError(_fmt_errors(errors, str(path)) + "\nFix these rows and run again.")
+    base = (Path(image_root).expanduser() if image_root is not None else path.parent).absolute()
+    paths = [os.path.normpath(str(Path(r.image).expanduser() if Path(r.image).expanduser().is_absolute()
+                                  else base / r.image)) for r in rows]
+    return paths, [list(r.labels) for r in rows]
+
+
 def load_manifest_dataset(train: PathLike, test: PathLike, val: Optional[PathLike] = None,
                           classes: Union[PathLike, Sequence[str], None] = None, image_root: Optional[PathLike] = None,
                           val_fraction: float = 0.0, seed: int = 0, name: str = "custom",

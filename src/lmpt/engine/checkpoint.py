@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import torch
 
@@ -21,9 +21,15 @@ from ..backbone import CLIPBackbone
 from ..errors import CheckpointError
 from ..io import atomic_path
 
+if TYPE_CHECKING:
+    from ..calibration import Calibration
+    from .config import Config
+    from .data import Prepared
+
 PROMPT_FILE = "prompt.safetensors"
 PROBE_FILE = "probe.safetensors"
-MODEL_FILES = {"prompt": PROMPT_FILE, "probe": PROBE_FILE}
+ZEROSHOT_FILE = "zeroshot.safetensors"
+MODEL_FILES = {"prompt": PROMPT_FILE, "probe": PROBE_FILE, "zeroshot": ZEROSHOT_FILE}
 STATE_FILE = "state.pt"
 FORMAT_VERSION = 2
 
@@ -38,15 +44,27 @@ def save_weights(path: Union[str, Path], tensors: dict[str, torch.Tensor], meta:
                   metadata={"lmpt": json.dumps(meta)})
 
 
+def classifier_meta(cfg: "Config", prepared: "Prepared", kind: str, calibration: "Calibration", **extra: Any
+                    ) -> dict[str, Any]:
+    """The metadata a classifier file carries: backbone, class names, config, preprocessing and calibration."""
+    meta = {"backbone": prepared.backbone.describe(), "class_names": prepared.dataset.class_names,
+            "config": cfg.to_dict(), "method": cfg.run.method, "kind": kind,
+            "logit_scale": float(prepared.backbone.model.logit_scale.detach().exp()),
+            "preprocess": cfg.data.preprocess, "calibration": calibration.to_dict()}
+    meta.update(extra)
+    return meta
+
+
 def model_file(path: Union[str, Path]) -> Path:
     """The classifier file of a run folder (or the file itself)."""
     path = Path(path)
     if path.is_dir():
-        for name in MODEL_FILES.values():
+        for name in MODEL_FILES.values():  # a folder holds one of them
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"no trained classifier in {path}: pass a run folder written by `lmpt train` "
-                              f"(it holds {PROMPT_FILE} or {PROBE_FILE}) or the .safetensors file itself")
+        raise CheckpointError(f"no classifier in {path}: pass a run folder written by `lmpt train` or "
+                              f"`lmpt zeroshot` (it holds {PROMPT_FILE}, {PROBE_FILE} or {ZEROSHOT_FILE}) or the "
+                              ".safetensors file itself")
     if not path.is_file():
         raise CheckpointError(f"no classifier file at {path}: pass a run folder written by `lmpt train` "
                               f"or its {PROMPT_FILE} / {PROBE_FILE}")
@@ -66,18 +84,20 @@ def load_weights(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[
         raise CheckpointError(f"{path} is not a readable lmpt classifier file ({type(exc).__name__}: {exc})") from None
     if not meta:
         raise CheckpointError(f"{path} has no lmpt metadata; was it written by `lmpt train`?")
-    meta.setdefault("kind", "probe" if path.name == PROBE_FILE else "prompt")
+    meta.setdefault("kind", {v: k for k, v in MODEL_FILES.items()}.get(path.name, "prompt"))
     return tensors, meta
 
 
-def check_compatible(meta: dict[str, Any], class_names: Sequence[str], backbone: CLIPBackbone,
+def check_compatible(meta: dict[str, Any], class_names: Optional[Sequence[str]], backbone: CLIPBackbone,
                      source: Union[str, Path]) -> None:
-    """Refuse a checkpoint whose classes or backbone differ from what it is being used with."""
+    """Refuse a checkpoint whose classes (unless ``class_names`` is None) or backbone differ from what it is used with."""
     saved = list(meta.get("class_names", []))
-    if len(saved) != len(class_names):
+    if class_names is None:
+        pass
+    elif len(saved) != len(class_names):
         raise CheckpointError(f"{source} was trained for {len(saved)} classes but the data has {len(class_names)}; "
                               "use the data set (and class list) the prompt was trained on")
-    if saved != list(class_names):
+    elif saved != list(class_names):
         diff = [(i, a, b) for i, (a, b) in enumerate(zip(saved, class_names)) if a != b][:3]
         detail = ", ".join(f"#{i}: '{a}' vs '{b}'" for i, a, b in diff)
         raise CheckpointError(f"{source}: class names differ from the data's ({detail}); "

@@ -120,6 +120,9 @@ class RunConfig:
     cuda_graphs: str = "auto"  # auto | on | off: replay the training step as a CUDA graph on GPUs
     progress: bool = True
     checkpoint_every: int = 1  # epochs between resumable training-state checkpoints
+    calibration: str = "platt"  # probabilities and thresholds fitted on val: platt | temperature-bias | global
+    calibration_min_positives: int = 5  # fewer held-out positives: the class gets the shared map and threshold
+    threshold_beta: float = 1.0  # thresholds maximise F-beta on val (beta > 1 favours recall)
 
 
 @dataclass

@@ -1,34 +1,45 @@
 """Using a finished run: rebuild its classifier, re-evaluate it (``lmpt eval``) and label images (``lmpt predict``).
 
-The run's classifier file (``prompt.safetensors`` or ``probe.safetensors``) is the one source of its
-settings: its metadata holds the resolved config, the backbone's identity and the class names.
+The run's classifier file (``prompt.safetensors``, ``probe.safetensors`` or ``zeroshot.safetensors``) is the one
+source of its settings: its metadata holds the resolved config, the backbone's identity, the class names, the
+preprocessing and the calibration fitted on validation data.
 """
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..backbone import create_clip
+from ..calibration import Calibration
 from ..data.features import PreprocessConfig
-from ..data.images import ImageListDataset, build_transform
+from ..data.images import build_transform
 from ..errors import UserError
 from ..io import atomic_write_json
 from ..metrics import scores_from_logits
 from ..model import LinearProbe, PromptCLIP
+from ..predictor import Inputs, PredictResult, collect_inputs, predict_paths
 from .builders import prompt_config
 from .checkpoint import check_compatible, load_weights, model_file
 from .config import Config, config_from_dict
 from .data import prepare, resolve_device
-from .evaluate import evaluate_splits, logits_from_features
+from .decide import test_decisions
+from .evaluate import evaluate_splits
 from .outputs import ORACLE_LABEL, run_metrics
+
+logger = logging.getLogger(__name__)
 
 
 class Classifier(torch.nn.Module):
-    """A trained run's classifier on image features: the prompt model or the linear probe, one interface."""
+    """A run's classifier on image features, whatever the method: ``logits = norm(x) @ weight.T + bias``.
+
+    ``weight`` (``[C, D]``, CLIP's logit scale folded in) and ``bias`` come from the learned prompts' text
+    features, the zero-shot text features, or the linear probe.
+    """
 
     def __init__(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> None:
         super().__init__()
@@ -36,31 +47,43 @@ class Classifier(torch.nn.Module):
         self.kind = meta.get("kind", "prompt")
         self.backbone = backbone
         self.class_names = list(meta["class_names"])
-        if self.kind == "probe":
-            scale = float(backbone.model.logit_scale.detach().exp())
-            self.probe = LinearProbe(backbone.embed_dim, len(self.class_names), scale)
-            self.probe.load_state_dict(tensors)
-        else:
-            self.prompt = PromptCLIP(backbone, self.class_names, prompt_config(meta["config"]["model"]))
-            self.prompt.load_prompt_state(tensors)
+        self.calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
+        scale = float(backbone.model.logit_scale.detach().exp())
+        with torch.no_grad():
+            if self.kind == "probe":
+                probe = LinearProbe(backbone.embed_dim, len(self.class_names), scale)
+                probe.load_state_dict(tensors)
+                weight, bias = probe.linear.weight * scale, probe.linear.bias
+            else:
+                if self.kind == "zeroshot":
+                    text = tensors["text_features"]
+                else:
+                    prompt = PromptCLIP(backbone, self.class_names, prompt_config(meta["config"]["model"]))
+                    prompt.load_prompt_state(tensors)
+                    text = prompt.encode_text()
+                weight = scale * torch.nn.functional.normalize(text.float(), dim=-1)
+                bias = torch.zeros(len(self.class_names))
+        self.register_buffer("weight", weight.detach().float().clone())
+        self.register_buffer("bias", bias.detach().float().clone())
         self.eval()
 
-    @property
-    def scale(self) -> float:
-        return float(self.backbone.model.logit_scale.detach().exp())
-
     @torch.no_grad()
-    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """``[N, C]`` logits of cached (or freshly encoded) image features ``[N, D]`` / ``[N, V, D]``."""
-        if self.kind == "probe":
-            x = features[:, 0] if features.dim() == 3 else features
-            device = self.probe.linear.weight.device
-            return self.probe(x.to(device).float()).cpu()
-        return logits_from_features(features, self.prompt.encode_text(), self.scale)
+    def feature_logits(self, features: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+        """``[N, C]`` float32 CPU logits of image features ``[N, D]`` (or cached ``[N, V, D]``: variant 0)."""
+        x = features[:, 0] if features.dim() == 3 else features
+        out = [torch.nn.functional.normalize(x[i:i + batch_size].to(self.weight).float(), dim=-1) @ self.weight.t()
+               + self.bias for i in range(0, len(x), batch_size)]
+        return torch.cat(out).cpu() if out else torch.zeros(0, len(self.class_names))
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.model.encode_image(images)
+        return self.backbone.model.encode_image(images.to(self.weight.device))
+
+    def probabilities_of_logits(self, logits: torch.Tensor) -> np.ndarray:
+        """Calibrated probabilities (``sigmoid`` of the logits for a file without calibration)."""
+        if self.calibration is None:
+            return scores_from_logits(logits, "sigmoid")
+        return self.calibration.probabilities(logits)
 
 
 @dataclass
@@ -73,7 +96,7 @@ class LoadedRun:
 
 def load_run(run: Union[str, Path], weights: Optional[str] = None, device: Union[str, torch.device] = "cpu",
              overrides: Sequence[str] = ()) -> LoadedRun:
-    """The trained classifier of a run folder (or its .safetensors file), with its backbone rebuilt and verified."""
+    """The classifier of a run folder (or its .safetensors file), with its backbone rebuilt and verified."""
     path = model_file(run)
     tensors, meta = load_weights(path)
     bb = meta["backbone"]
@@ -82,14 +105,14 @@ def load_run(run: Union[str, Path], weights: Optional[str] = None, device: Union
         raise UserError(f"the weights file this classifier was trained with is gone: {pretrained}; "
                         "pass its new location with --weights PATH")
     backbone = create_clip(bb["model"], pretrained, quick_gelu=bb.get("quick_gelu", "auto"))
-    check_compatible(meta, meta["class_names"], backbone, path)
+    check_compatible(meta, None, backbone, path)  # no data to compare classes with: the backbone must match
     model = Classifier(meta, tensors, backbone).to(device)
     cfg = config_from_dict(meta["config"], overrides)
     return LoadedRun(run_dir=path.parent, cfg=cfg, meta=meta, model=model)
 
 
 def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), write: bool = True) -> dict[str, Any]:
-    """Recompute a run's metrics from its classifier file and the (cached) features of its data."""
+    """Recompute a run's metrics, and its decisions at the stored calibration, from its classifier file."""
     run_dir = Path(run_dir)
     path = model_file(run_dir)
     tensors, meta = load_weights(path)
@@ -98,60 +121,54 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), write
     prepared = prepare(cfg, device)
     check_compatible(meta, prepared.class_names, prepared.backbone, path)
     model = Classifier(meta, tensors, prepared.backbone).to(device)
-    results = evaluate_splits(prepared.dataset, lambda s: model.feature_logits(prepared.features[s])
-                              if prepared.features.get(s) is not None else None)
+    logits = {s: model.feature_logits(prepared.features[s]) for s in ("test", "val")
+              if prepared.features.get(s) is not None}
+    results = evaluate_splits(prepared.dataset, logits.get)
     metrics = run_metrics(cfg, prepared, results["test"], results.get("val"), selection=meta.get("selection", "?"),
                           selected_epoch=meta.get("selected_epoch"))
     metrics["oracle"] = meta.get("selection") == ORACLE_LABEL
+    if model.calibration is not None:
+        metrics["decisions"] = test_decisions(model.calibration, logits["test"], prepared.dataset.test.labels)
     if write:
         atomic_write_json(path.parent / "eval.json", metrics)
     return metrics
 
 
-@dataclass
-class Prediction:
-    image: str
-    labels: list[tuple[str, float]]
-    scores: dict[str, float]
+class RunScorer:
+    """A loaded run as a :class:`lmpt.predictor.Scorer`: its preprocessing, calibrated probabilities, thresholds."""
+
+    def __init__(self, run: LoadedRun) -> None:
+        self.model = run.model
+        self.class_names = self.model.class_names
+        cal = self.model.calibration
+        if cal is None:
+            logger.warning("this classifier file has no calibration (written by an older lmpt): scores are "
+                           "sigmoid(logit) and the threshold 0.5; re-run `lmpt train` for calibrated decisions")
+            self.thresholds = np.full(len(self.class_names), 0.5)
+        else:
+            self.thresholds = np.asarray(cal.thresholds)
+        sig = preprocess_signature(run.meta, self.model.backbone)
+        self.preprocess = sig
+        self.transform = build_transform(sig["mode"], sig["image_size"], sig["mean"], sig["std"], sig["interpolation"])
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.feature_logits(self.model.encode_image(images))
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        return self.model.probabilities_of_logits(self.logits(images))
 
 
-def predict_images(run: LoadedRun, images: Sequence[Union[str, Path]], threshold: Optional[float] = None,
-                   top_k: Optional[int] = None, protocol: str = "sigmoid", batch_size: int = 32,
-                   device: Union[str, torch.device] = "cpu") -> list[Prediction]:
-    """Scores for every class and the predicted labels (score >= threshold, or the top k) per image."""
-    model = run.model.to(device)
-    backbone = model.backbone
-    mode = run.meta.get("preprocess", "reference")
-    sig = PreprocessConfig(mode=mode).resolve(backbone)
-    transform = build_transform(sig["mode"], sig["image_size"], sig["mean"], sig["std"], sig["interpolation"])
-    dataset = ImageListDataset([str(p) for p in images], transform)
-    if threshold is None and top_k is None:
-        threshold = 0.5 if protocol == "sigmoid" else 0.3
-    names = model.class_names
-    out: list[Prediction] = []
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = torch.stack([dataset[i][1] for i in range(start, min(len(dataset), start + batch_size))])
-            logits = model.feature_logits(model.encode_image(batch.to(device)))
-            scores = scores_from_logits(logits, protocol)
-            for row, score in enumerate(scores):
-                order = score.argsort()[::-1]
-                chosen = order[:top_k] if top_k is not None else [c for c in order if score[c] >= threshold]
-                out.append(Prediction(image=str(images[start + row]),
-                                      labels=[(names[c], float(score[c])) for c in chosen],
-                                      scores={names[c]: float(score[c]) for c in range(len(names))}))
-    return out
+def preprocess_signature(meta: dict[str, Any], backbone) -> dict[str, Any]:
+    """The resolved preprocessing a classifier was trained with (mode, size, mean, std, interpolation)."""
+    return PreprocessConfig(mode=meta.get("preprocess", "reference")).resolve(backbone)
 
 
-def predictions_json(preds: Sequence[Prediction]) -> str:
-    return json.dumps([{"image": p.image, "labels": [{"label": n, "score": s} for n, s in p.labels],
-                        "scores": p.scores} for p in preds], indent=2)
-
-
-def predictions_table(preds: Sequence[Prediction]) -> str:
-    width = max([len(p.image) for p in preds] + [5])
-    lines = [f"{'image':<{width}}  labels (score)"]
-    for p in preds:
-        labels = ", ".join(f"{n} ({s:.3f})" for n, s in p.labels) or "–"
-        lines.append(f"{p.image:<{width}}  {labels}")
-    return "\n".join(lines)
+def predict_images(run: LoadedRun, inputs: Union[Inputs, Sequence[Union[str, Path]]], threshold: Optional[float] = None,
+                   top_k: Optional[int] = None, batch_size: int = 32, num_workers: int = 0, strict: bool = False,
+                   show_progress: bool = False) -> PredictResult:
+    """Calibrated probabilities for every class and the chosen labels (each class's threshold, ``threshold`` for
+    all, or the top ``k``) of images, folders, glob patterns or manifests."""
+    inputs = inputs if isinstance(inputs, Inputs) else collect_inputs(inputs)
+    return predict_paths(RunScorer(run), inputs, threshold=threshold, top_k=top_k, batch_size=batch_size,
+                         num_workers=num_workers, strict=strict, show_progress=show_progress)

@@ -18,10 +18,11 @@ from .. import distributed as dist_utils
 from ..errors import ConfigError, UserError
 from ..progress import progress
 from .builders import build_optimizer, build_scheduler
-from .checkpoint import MODEL_FILES, STATE_FILE, load_state, save_state, save_weights
+from .checkpoint import MODEL_FILES, STATE_FILE, classifier_meta, load_state, save_state, save_weights
 from .compare import save_test_logits
 from .config import Config
 from .data import Prepared
+from .decide import add_decisions
 from .evaluate import evaluate_splits, headline
 from .outputs import ORACLE_LABEL, SELECTION_LABELS, RunResult, TensorBoardLog, run_metrics, write_history, \
     write_run_files
@@ -166,14 +167,13 @@ def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
     results = evaluate_splits(prepared.dataset, logits.get, ("test", "val"))
     metrics = run_metrics(cfg, prepared, results["test"], results.get("val"),
                           selection=SELECTION_LABELS[cfg.run.select], selected_epoch=selected_epoch)
+    calibration = add_decisions(cfg, prepared.dataset, lambda s: logits[s] if s in logits else trainer.logits(s),
+                                logits["test"], metrics)
     timings["eval_s"] = time.perf_counter() - t_eval
     metrics["timing"] = timings
     if main:
-        meta = {"backbone": prepared.backbone.describe(), "class_names": prepared.dataset.class_names,
-                "config": cfg.to_dict(), "method": cfg.run.method, "kind": trainer.kind,
-                "selected_epoch": selected_epoch, "selection": metrics["selection"],
-                "logit_scale": float(prepared.backbone.model.logit_scale.detach().exp()),
-                "preprocess": cfg.data.preprocess}
+        meta = classifier_meta(cfg, prepared, trainer.kind, calibration, selected_epoch=selected_epoch,
+                               selection=metrics["selection"])
         save_weights(run_dir / MODEL_FILES[trainer.kind], trainer.state(), meta)
         save_test_logits(run_dir, logits["test"])
         write_run_files(run_dir, prepared, metrics, history, results["test"])

@@ -118,10 +118,30 @@ def metrics_table(metrics: dict[str, Any], split: str = "test") -> str:
     block = metrics.get(split)
     if not block:
         return ""
-    lines = ["| protocol | total | head | medium | tail | CF1 | OF1 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| protocol | total | head | medium | tail | CF1 (fixed) | OF1 (fixed) |", "|---|---|---|---|---|---|---|"]
     for protocol in ("softmax", "sigmoid"):
         m = block[protocol]
         lines.append(f"| {protocol} | " + " | ".join(pct(m[k]) for k in (*GROUPS, "CF1", "OF1")) + " |")
+    return "\n".join(lines)
+
+
+def decisions_table(metrics: dict[str, Any]) -> str:
+    """Test decisions at the calibrated thresholds, at the fixed threshold and for predict-all (markdown)."""
+    d = metrics.get("decisions")
+    if not d:
+        return ""
+    cal = d["calibration"]
+    lines = ["| decisions | labels/image | CP | CR | CF1 | OP | OR | OF1 |", "|---|---|---|---|---|---|---|---|"]
+    for key, label in (("calibrated", f"calibrated thresholds ({cal['method']}, fitted on {cal['fitted_on']})"),
+                       ("fixed", d["fixed"]["label"]), ("predict_all", "every label (for scale)")):
+        m = d[key]
+        lines.append(f"| {label} | {m['labels_per_image']:.2f} | "
+                     + " | ".join(pct(m[k]) for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")) + " |")
+    lines.append(f"\ntrue labels per image: {d['calibrated']['true_labels_per_image']:.2f}; expected calibration "
+                 f"error of the probabilities: {d['ece']:.3f} (uncalibrated sigmoid: {d['ece_uncalibrated']:.3f})")
+    if cal["fitted_on"] != "val":
+        lines.append(f"\nnote: no validation split, so calibration and thresholds were fitted on {cal['fitted_on']} "
+                     "(optimistic)")
     return "\n".join(lines)
 
 
@@ -167,6 +187,8 @@ def write_run_report(run_dir: Path, metrics: dict[str, Any], history: list[dict[
     ]
     if metrics.get("val"):
         lines += ["## Validation mAP", "", metrics_table(metrics, "val"), ""]
+    if metrics.get("decisions"):
+        lines += ["## Test decisions at calibrated thresholds", "", decisions_table(metrics), ""]
     lines += ["## Groups", ""]
     for g in ("head", "medium", "tail"):
         members = groups_named[g]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+from ..calibration import CALIBRATIONS
 from ..data.benchmarks import CLASS_NAME_STYLES
 from ..data.images import PREPROCESSING
 from ..data.sources import DATA_SOURCES
@@ -92,6 +93,9 @@ def validate(cfg: Config) -> None:
     _choice(r.precision, PRECISIONS, "run.precision")
     _choice(r.templates, TEMPLATE_MODES, "run.templates")
     _choice(r.zeroshot_protocol, ZEROSHOT_PROTOCOLS, "run.zeroshot_protocol")
+    _choice(r.calibration, tuple(CALIBRATIONS), "run.calibration")
+    _number(r.calibration_min_positives, "run.calibration_min_positives", 1)
+    _number(r.threshold_beta, "run.threshold_beta", 0, low_open=True)
     _choice(r.cuda_graphs, CUDA_GRAPH_MODES, "run.cuda_graphs")
     device = str(r.device)
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):

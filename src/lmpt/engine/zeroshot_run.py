@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -24,9 +24,11 @@ import torch
 from .. import distributed as dist_utils
 from ..data.dataset import MultiLabelDataset
 from ..zeroshot import zeroshot_text_features
+from .checkpoint import ZEROSHOT_FILE, classifier_meta, save_weights
 from .compare import save_test_logits
 from .config import Config
 from .data import Prepared, split_features
+from .decide import add_decisions
 from .evaluate import evaluate_splits, logits_from_features
 from .outputs import RunResult, run_identity, run_metrics, write_run_files
 
@@ -79,14 +81,27 @@ def run_zeroshot(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.d
     logits = {s: logits_from_features(features[s], text.cpu(), scale) for s in ("test", "val")
               if features.get(s) is not None and getattr(dataset, s) is not None}
     results = evaluate_splits(dataset, logits.get)
-    timings["eval_s"] = time.perf_counter() - t0
     view = Prepared(dataset=dataset, backbone=backbone, features=features)
     metrics: dict[str, Any] = run_metrics(cfg, view, results["test"], results.get("val"), selection=selection,
                                           selected_epoch=None)
+
+    def logits_of(split: str) -> Optional[torch.Tensor]:
+        if split not in logits and split == "train":
+            feats = features["train"] if cfg.run.zeroshot_protocol != "reference" else \
+                split_features(cfg, backbone, dataset.train, device, preprocess="clip")
+            logits["train"] = logits_from_features(feats, text.cpu(), scale)
+        return logits.get(split)
+
+    calibration = add_decisions(cfg, dataset, logits_of, logits["test"], metrics)
+    timings["eval_s"] = time.perf_counter() - t0
     metrics["identity"] = run_identity(cfg, prepared)  # the data the run was asked to read, not its view of it
     metrics["zeroshot"] = {"protocol": cfg.run.zeroshot_protocol, "templates": templates, "class_names": names}
     metrics["timing"] = timings
     if dist_utils.is_main():
+        preprocess = "clip" if cfg.run.zeroshot_protocol == "reference" else cfg.data.preprocess
+        meta = classifier_meta(cfg, view, "zeroshot", calibration, selection=selection, selected_epoch=None,
+                               preprocess=preprocess, zeroshot=metrics["zeroshot"])
+        save_weights(run_dir / ZEROSHOT_FILE, {"text_features": text.float().cpu()}, meta)
         write_run_files(run_dir, view, metrics, [], results["test"])
         rows = keep.get("test")
         save_test_logits(run_dir, logits["test"], rows if rows is not None and len(rows) < len(prepared.dataset.test)

@@ -1,0 +1,79 @@
+"""An exported classifier (``lmpt export``): one TorchScript file, usable without the run folder or open_clip.
+
+The file holds the frozen image tower and the class head (class text features computed once, CLIP's logit
+scale folded in; the linear probe's weights for ``linear-probe`` runs) as a traced module whose forward maps
+preprocessed images ``[B, 3, s, s]`` to ``(logits, probabilities)``, the probabilities calibrated. The JSON
+metadata inside the archive (``lmpt.json``) gives the class names, per-class thresholds, calibration, the
+preprocessing and where it came from. ``load_classifier(path)`` reads it::
+
+    clf = lmpt.load_classifier("model.pt")
+    result = clf.predict(["a.jpg", "photos/"])   # files, folders, globs or manifests
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+META_NAME = "lmpt.json"
+EXPORT_VERSION = 1
+
+
+class ExportedClassifier:
+    """A loaded ``lmpt export`` file: preprocessing, the traced model and its decisions."""
+
+    def __init__(self, module: torch.jit.ScriptModule, meta: dict[str, Any], device: Union[str, torch.device] = "cpu"):
+        from .data.images import build_transform
+
+        self.module, self.meta, self.device = module, meta, torch.device(device)
+        self.class_names: list[str] = list(meta["class_names"])
+        self.thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
+        pre = meta["preprocess"]
+        self.transform = build_transform(pre["mode"], pre["image_size"], pre["mean"], pre["std"], pre["interpolation"])
+
+    @torch.no_grad()
+    def logits_and_probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, probs = self.module(images.to(self.device, torch.float32))
+        return logits.float().cpu(), probs.float().cpu()
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        """Calibrated probabilities ``[B, C]`` of preprocessed images."""
+        return self.logits_and_probabilities(images)[1].double().numpy()
+
+    def predict(self, inputs: Sequence[Union[str, Path]], threshold: Optional[float] = None,
+                top_k: Optional[int] = None, batch_size: int = 32, num_workers: int = 0, strict: bool = False,
+                show_progress: bool = False):
+        """Label images (files, folders, glob patterns, manifests); see :func:`lmpt.predictor.predict_paths`."""
+        from .predictor import collect_inputs, predict_paths
+
+        return predict_paths(self, collect_inputs(inputs), threshold=threshold, top_k=top_k, batch_size=batch_size,
+                             num_workers=num_workers, strict=strict, show_progress=show_progress)
+
+
+def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> ExportedClassifier:
+    """Load a classifier written by ``lmpt export`` (TorchScript)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no exported classifier at {path}: write one with `lmpt export RUN_DIR --out {path}`")
+    extra = {META_NAME: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=str(device), _extra_files=extra)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a TorchScript file written by `lmpt export` "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not extra[META_NAME]:
+        raise CheckpointError(f"{path} has no lmpt metadata; was it written by `lmpt export`?")
+    meta = json.loads(extra[META_NAME])
+    if meta.get("export_version", 0) > EXPORT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer lmpt (export version {meta['export_version']}); "
+                              "upgrade lmpt to read it")
+    module.eval()
+    return ExportedClassifier(module, meta, device)
+
+
+__all__ = ["ExportedClassifier", "load_classifier", "META_NAME"]

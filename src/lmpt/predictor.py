@@ -1,0 +1,227 @@
+"""Labelling images at scale: inputs, batched decoding with skipped failures, decisions, output formats.
+
+Used by ``lmpt predict`` for a run folder (:mod:`lmpt.engine.inference`) and for an exported classifier
+(:mod:`lmpt.exported`); needs neither open_clip nor the engine. A *scorer* is anything with ``class_names``,
+``thresholds`` (per class, on its probabilities), ``transform`` (PIL image -> ``[3, s, s]`` tensor) and
+``probabilities(images) -> [B, C]`` numpy array.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
+
+import numpy as np
+import torch
+
+from .errors import DataError, UserError
+from .progress import progress
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+MANIFEST_EXTENSIONS = (".jsonl", ".json-lines", ".csv")
+FORMATS = ("table", "json", "jsonl", "csv")
+
+
+class Scorer(Protocol):
+    class_names: list[str]
+    thresholds: np.ndarray
+    transform: Callable
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray: ...
+
+
+@dataclass
+class Inputs:
+    """Images to label, with their true labels when a manifest gave them (``None`` otherwise)."""
+
+    paths: list[str]
+    labels: Optional[list[Optional[list[str]]]] = None
+
+
+def collect_inputs(items: Sequence[Union[str, os.PathLike]]) -> Inputs:
+    """Image files, folders (recursive, image extensions), glob patterns and manifests (.jsonl/.csv), in order."""
+    from .data.manifest import read_manifest_images
+
+    paths: list[str] = []
+    labels: list[Optional[list[str]]] = []
+    any_labels = False
+    for item in map(str, items):
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise UserError(f"folder {item} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)")
+            paths += found
+            labels += [None] * len(found)
+        elif p.is_file() and p.suffix.lower() in MANIFEST_EXTENSIONS:
+            files, names = read_manifest_images(p)
+            paths += files
+            labels += [n if n else None for n in names]
+            any_labels = any_labels or any(names)
+        elif p.is_file():
+            paths.append(str(p))
+            labels.append(None)
+        elif glob.has_magic(item):
+            found = sorted(f for f in glob.glob(os.path.expanduser(item), recursive=True) if os.path.isfile(f))
+            if not found:
+                raise UserError(f"no file matches {item!r}")
+            paths += found
+            labels += [None] * len(found)
+        else:
+            raise UserError(f"input not found: {item} (give image files, folders, glob patterns or a .jsonl/.csv "
+                            "manifest)")
+    return Inputs(paths, labels if any_labels else None)
+
+
+class _Images(torch.utils.data.Dataset):
+    """``(index, tensor or None, error or None)``: a file that does not decode is reported, not raised."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable) -> None:
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from .data.images import load_image
+
+        try:
+            return i, self.transform(load_image(self.paths[i])), None
+        except DataError as exc:
+            return i, None, str(exc).split(". ")[0]
+
+
+def _collate(batch):
+    return batch
+
+
+@dataclass
+class Prediction:
+    image: str
+    labels: list[tuple[str, float]]
+    scores: dict[str, float]
+    true_labels: Optional[list[str]] = None
+
+
+@dataclass
+class PredictResult:
+    predictions: list[Prediction]
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    summary: Optional[dict[str, float]] = None  # precision/recall/F1 when the inputs had labels
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [prediction_record(p) for p in self.predictions]
+
+
+def choose(scores: np.ndarray, thresholds: np.ndarray, threshold: Optional[float] = None,
+           top_k: Optional[int] = None) -> list[int]:
+    """The chosen classes of one image, best first: the top ``k``, or ``score >= threshold`` (one for all classes
+    if given, else each class's own)."""
+    order = np.argsort(-scores, kind="stable")
+    if top_k is not None:
+        return [int(c) for c in order[:top_k]]
+    t = thresholds if threshold is None else np.full_like(thresholds, threshold)
+    return [int(c) for c in order if scores[c] >= t[c]]
+
+
+def predict_paths(scorer: Scorer, inputs: Union[Inputs, Sequence[str]], threshold: Optional[float] = None,
+                  top_k: Optional[int] = None, batch_size: int = 32, num_workers: int = 0, strict: bool = False,
+                  show_progress: bool = True) -> PredictResult:
+    """Score every image and choose its labels; unreadable files are skipped and listed (``strict``: raise)."""
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UserError(f"--threshold {threshold}: a threshold on probabilities lies in [0, 1]")
+    if not isinstance(inputs, Inputs):
+        inputs = Inputs([str(p) for p in inputs])
+    names = list(scorer.class_names)
+    loader = torch.utils.data.DataLoader(_Images(inputs.paths, scorer.transform), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_collate)
+    result = PredictResult([])
+    bar = progress(len(inputs.paths), "predict", unit="img", enabled=show_progress)
+    for batch in loader:
+        good = [(i, x) for i, x, _ in batch if x is not None]
+        for i, _, err in batch:
+            if err is not None:
+                if strict:
+                    raise DataError(f"{err} (--strict stops at the first unreadable file)")
+                logger.warning("skipped: %s", err)
+                result.failed.append((inputs.paths[i], err))
+        if good:
+            probs = scorer.probabilities(torch.stack([x for _, x in good]))
+            for (i, _), p in zip(good, probs):
+                chosen = choose(p, np.asarray(scorer.thresholds), threshold, top_k)
+                true = inputs.labels[i] if inputs.labels is not None else None
+                result.predictions.append(Prediction(inputs.paths[i], [(names[c], float(p[c])) for c in chosen],
+                                                     {n: float(v) for n, v in zip(names, p)}, true))
+        bar.update(len(batch))
+    bar.close()
+    if inputs.labels is not None:
+        result.summary = labelled_summary(result.predictions, names)
+    return result
+
+
+def labelled_summary(predictions: Sequence[Prediction], class_names: Sequence[str]) -> Optional[dict[str, float]]:
+    """Precision, recall and F1 over all (image, label) decisions of the images that came with labels."""
+    from .calibration import decision_metrics
+
+    rows = [p for p in predictions if p.true_labels is not None]
+    if not rows:
+        return None
+    index = {n: i for i, n in enumerate(class_names)}
+    unknown = sorted({n for p in rows for n in p.true_labels if n not in index})
+    if unknown:
+        logger.warning("labels not among the classifier's classes are ignored: %s", ", ".join(unknown[:10]))
+    y = np.zeros((len(rows), len(class_names)), dtype=bool)
+    pred = np.zeros_like(y)
+    for r, p in enumerate(rows):
+        y[r, [index[n] for n in p.true_labels if n in index]] = True
+        pred[r, [index[n] for n, _ in p.labels]] = True
+    m = decision_metrics(pred.astype(float), y, 0.5)
+    return {"images": len(rows), "precision": m["OP"], "recall": m["OR"], "f1": m["OF1"], "CF1": m["CF1"],
+            "labels_per_image": m["labels_per_image"], "true_labels_per_image": m["true_labels_per_image"]}
+
+
+def prediction_record(p: Prediction) -> dict[str, Any]:
+    rec: dict[str, Any] = {"image": p.image, "labels": [{"label": n, "score": s} for n, s in p.labels],
+                           "scores": p.scores}
+    if p.true_labels is not None:
+        rec["true_labels"] = p.true_labels
+    return rec
+
+
+def format_predictions(result: PredictResult, fmt: str = "table") -> str:
+    """The predictions as a table, a JSON list, JSON lines or CSV (``image,labels,<one score column per class>``)."""
+    preds = result.predictions
+    if fmt == "json":
+        return json.dumps(result.to_json(), indent=2)
+    if fmt == "jsonl":
+        return "".join(json.dumps(prediction_record(p)) + "\n" for p in preds).rstrip("\n")
+    if fmt == "csv":
+        names = list(preds[0].scores) if preds else []
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image", "labels"] + names)
+        for p in preds:
+            w.writerow([p.image, ";".join(n for n, _ in p.labels)] + [f"{p.scores[n]:.6g}" for n in names])
+        return buf.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise UserError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    width = max([len(p.image) for p in preds] + [5])
+    lines = [f"{'image':<{width}}  labels (probability)"]
+    for p in preds:
+        labels = ", ".join(f"{n} ({s:.3f})" for n, s in p.labels) or "-"
+        lines.append(f"{p.image:<{width}}  {labels}")
+    return "\n".join(lines)
+
+
+__all__ = ["collect_inputs", "predict_paths", "format_predictions", "Prediction", "PredictResult", "Inputs",
+           "choose", "FORMATS", "IMAGE_EXTENSIONS"]
