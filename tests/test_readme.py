@@ -49,7 +49,20 @@ def swaps(tiny_data, tmp_path_factory):
         lines[section][name] = yaml.safe_load(value)
 
     config.write_text(yaml.safe_dump(lines))
+    # a trained run, its export and a folder of images stand in for the demo's run and the user's photos
+    from lmpt.engine.config import load_config
+    from lmpt.engine.export import export_run
+    from lmpt.engine.run import run
+
+    trained = run(load_config(None, tiny_overrides(tiny_data, tmp, **{"optim.epochs": 1, "run.name": "trained"})))
+    export_run(trained.run_dir, tmp / "model.pt")
+    photos = tmp / "photos"
+    photos.mkdir()
+    for p in sorted((tiny_data["root"] / "img").glob("test*.png"))[:3]:
+        (photos / p.name).write_bytes(p.read_bytes())
     return {
+        "lmpt-demo/lmpt-seed0": str(trained.run_dir), "photos/": str(photos), "model.pt": str(tmp / "model.pt"),
+        "predictions.csv": str(tmp / "predictions.csv"),
         "/data/VOC": str(missing / "VOC"), "/data/coco": str(missing / "coco"),
         "/weights/RN50.pt": str(missing / "RN50.pt"), "/weights/ViT-B-16.pt": str(missing / "ViT-B-16.pt"),
         "ViT-B-16.pt": str(missing / "ViT-B-16.pt"), "train.jsonl": str(tiny_data["train"]),

@@ -32,7 +32,10 @@ def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    handler.set_name("lmpt-cli")
     root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "lmpt-cli"]:  # main() called again in one process
+        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("lmpt").setLevel(logging.INFO)
@@ -130,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.data import resolve_device
-    from .predictor import collect_inputs, format_predictions, predict_paths
+    from .predictor import collect_inputs, format_predictions, notes, predict_paths
 
     if (args.run is None) == (args.model is None):
         raise UserError("give the classifier: --run RUN_DIR (a run folder) or --model FILE (from `lmpt export`)")
@@ -147,12 +150,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else (min(4, os.cpu_count() or 1) if len(inputs.paths) > 64 else 0)
     result = predict_paths(scorer, inputs, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
                            num_workers=workers, strict=args.strict, show_progress=not args.quiet)
-    for path, reason in result.failed[:5]:
-        print(f"skipped: {reason}", file=sys.stderr)
-    if len(result.failed) > 5:
-        print(f"skipped {len(result.failed) - 5} more unreadable files", file=sys.stderr)
+    for line in notes(result, len(inputs.paths))[0]:
+        print(line, file=sys.stderr)
     if not result.predictions:
-        print(f"error: none of the {len(inputs.paths)} images could be read", file=sys.stderr)
         return 2
     text = format_predictions(result, args.format)
     if args.out:
@@ -162,11 +162,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"written: {args.out} ({len(result.predictions)} images)", file=sys.stderr)
     else:
         print(text)
-    if result.summary:
-        s = result.summary
-        print(f"with labels: {s['images']} images: precision {s['precision']:.3f}, recall {s['recall']:.3f}, "
-              f"F1 {s['f1']:.3f}; {s['labels_per_image']:.2f} labels per image (true {s['true_labels_per_image']:.2f})",
-              file=sys.stderr)
+    for line in notes(result, len(inputs.paths))[1]:
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,7 @@ preprocessing and where it came from. ``load_classifier(path)`` reads it::
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -62,7 +63,9 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
         raise CheckpointError(f"no exported classifier at {path}: write one with `lmpt export RUN_DIR --out {path}`")
     extra = {META_NAME: ""}
     try:
-        module = torch.jit.load(str(path), map_location=str(device), _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice; the format still loads
+            module = torch.jit.load(str(path), map_location=str(device), _extra_files=extra)
     except Exception as exc:
         raise CheckpointError(f"{path} is not a TorchScript file written by `lmpt export` "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -190,6 +190,23 @@ def labelled_summary(predictions: Sequence[Prediction], class_names: Sequence[st
             "labels_per_image": m["labels_per_image"], "true_labels_per_image": m["true_labels_per_image"]}
 
 
+def notes(result: PredictResult, n_inputs: int, listed: int = 5) -> tuple[list[str], list[str]]:
+    """Lines for the user: (before the output) skipped files and, if nothing was read, the error; (after it) the
+    precision/recall summary of labelled inputs."""
+    before = [f"skipped: {reason}" for _, reason in result.failed[:listed]]
+    if len(result.failed) > listed:
+        before.append(f"skipped {len(result.failed) - listed} more unreadable files")
+    if not result.predictions:
+        before.append(f"error: none of the {n_inputs} images could be read")
+    after = []
+    if result.summary:
+        s = result.summary
+        after.append(f"with labels: {s['images']} images: precision {s['precision']:.3f}, recall {s['recall']:.3f}, "
+                     f"F1 {s['f1']:.3f}; {s['labels_per_image']:.2f} labels per image (true "
+                     f"{s['true_labels_per_image']:.2f})")
+    return before, after
+
+
 def prediction_record(p: Prediction) -> dict[str, Any]:
     rec: dict[str, Any] = {"image": p.image, "labels": [{"label": n, "score": s} for n, s in p.labels],
                            "scores": p.scores}

@@ -74,6 +74,7 @@ def export_run(run: Union[str, Path], out: Union[str, Path], weights: Optional[s
         traced = torch.jit.trace(module, example, check_trace=False)
     meta = export_meta(classifier, loaded.meta, str(run))
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(traced, str(tmp), _extra_files={META_NAME: json.dumps(meta)})
     return out
