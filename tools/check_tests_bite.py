@@ -78,6 +78,19 @@ FAULTS = {
                        'openai = any(k in sd for k in OPENAI_MARKER_KEYS) or ("text_projection" in sd and all('
                        'v.dtype == torch.float16 for v in sd.values() if v.is_floating_point()))',
                        ["tests/test_model.py::test_fp16_gelu_export_is_not_taken_for_openai"]),
+    "predict-default-threshold-fixed": ("predictor.py", "t = thresholds if threshold is None else",
+                                        "t = np.full_like(thresholds, 0.5) if threshold is None else",
+                                        ["tests/test_engine.py::test_eval_and_predict_use_the_checkpoint"]),
+    "predict-scores-uncalibrated": ("engine/inference.py", "        if self.calibration is None:\n",
+                                    "        if True:\n",
+                                    ["tests/test_engine.py::test_eval_and_predict_use_the_checkpoint"]),
+    "predict-stops-at-a-corrupt-file": ("predictor.py", "                if strict:\n", "                if True:\n",
+                                        ["tests/test_predict.py::test_predict_folder_skips_a_corrupt_file"]),
+    "calibration-without-fallback": ("calibration.py", "own = y.sum(axis=0) >= min_positives",
+                                     "own = y.sum(axis=0) >= 0",
+                                     ["tests/test_calibration.py::test_fit_calibration_falls_back_for_classes_without_positives"]),
+    "export-drops-calibration": ("engine/export.py", "torch.sigmoid(logits * self.cal_a + self.cal_b)",
+                                 "torch.sigmoid(logits)", ["tests/test_predict.py::test_export_round_trip"]),
 }
 
 
