@@ -77,12 +77,3 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     """Hex digest of the canonical JSON form of ``obj`` (dict keys sorted)."""
     data = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":")).encode()
     return hashlib.sha256(data).hexdigest()[:length]
-
-
-def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,17 +27,14 @@ from ..metrics import average_precision
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PretrainRecipe", "DEFAULT_RECIPE", "pretrain_world_clip", "zero_shot_map",
+__all__ = ["DEFAULT_RECIPE", "pretrain_world_clip", "zero_shot_map",
            "encode_images", "load_split_images", "IMAGE_MEAN", "IMAGE_STD"]
 
 PROMPT = "a photo of a {}."
 
 
-class PretrainRecipe(dict):
-    """Hyper-parameters of the pretraining run (a plain dict; part of the weights' cache key)."""
-
-
-DEFAULT_RECIPE = PretrainRecipe(
+# Hyper-parameters of the pretraining run (part of the weights' cache key).
+DEFAULT_RECIPE: dict[str, Any] = dict(
     steps=300,
     batch_size=128,
     lr=2e-3,
