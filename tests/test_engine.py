@@ -202,8 +202,9 @@ def test_checkpoint_mismatch_is_refused(tiny_data, tmp_path):
 def test_sweep_table_is_mean_and_std_of_the_runs(tiny_data, tmp_path):
     cfg = _cfg(tiny_data, tmp_path, **{"optim.epochs": 2})
     out = tmp_path / "sweep"
-    summary = run_sweep(cfg, ["zeroshot", "coop", "lmpt"], [0, 1], out)
-    assert set(summary["methods"]) == {"zeroshot", "coop", "lmpt"}
+    methods = ["zeroshot", "linear-probe", "coop", "coop-db", "lmpt", "lmpt-asl"]  # every method of the paper's table
+    summary = run_sweep(cfg, methods, [0, 1], out)
+    assert set(summary["methods"]) == set(methods)
     totals = [json.loads((out / f"lmpt-seed{s}" / "metrics.json").read_text())["headline"]["total"] for s in (0, 1)]
     assert math.isclose(summary["methods"]["lmpt"]["total"]["mean"], np.mean(totals), rel_tol=1e-9)
     assert math.isclose(summary["methods"]["lmpt"]["total"]["std"], np.std(totals, ddof=1), rel_tol=1e-9)
@@ -221,7 +222,7 @@ def test_zeroshot_run(tiny_data, tmp_path):
     result = train(_cfg(tiny_data, tmp_path, **{"run.method": "zeroshot", "run.name": "zs"}))
     assert result.history == [] and "zero-shot" in result.metrics["selection"]
     assert (result.run_dir / "metrics.json").is_file() and not (result.run_dir / "prompt.safetensors").exists()
-    assert not (result.run_dir / "probe.safetensors").exists()
+    assert not (result.run_dir / "probe.safetensors").exists() and (result.run_dir / "zeroshot.safetensors").exists()
 
 
 def test_optimizer_choice():
