@@ -31,14 +31,14 @@ CoOp's protocol, as the world allows (Zhou et al., IJCV 2022, section 4.1, and i
     a plain and a mirrored view of each image (one at random per step), CoOp also crops at random.
     Seeds (``--seeds``, default 1,2): each seeds the k-shot draw, the context initialisation and the batches.
 
-    python bench/few_shot.py [--cache-dir DIR] [--seeds 1,2] [--threads 2]
+    python bench/few_shot.py [--cache-dir DIR] [--seeds 1,2] [--epochs 50] [--unified] [--threads 1]
 
 Prints one JSON line per run (and one on the pool), then, last, one JSON object:
 ``{"figure": "few_shot_curve", "zeroshot_val": Z, "gain": {"1": g1, ..., "16": g16}, "logit_scale": S}``
 (mAP points, gains are means over seeds; S is the world CLIP's exp(logit_scale)). The world's features are
-cached after the first run; then the text-encoder steps dominate: 7,100 with two seeds, 0.06 s each on
-2 idle-ish cores (about 7 minutes), 19 minutes measured on the shared, loaded machine (bench/README.md);
-``--epochs 50`` (CoOp's ImageNet schedule) needs 1,900.
+cached after the first run; then the text-encoder steps dominate: 7,100 with two seeds, under 3 minutes
+with one thread on the project's shared, loaded 2-core machine (two threads: the same numbers, 7 times
+slower there; bench/README.md). ``--epochs 50`` (CoOp's ImageNet schedule) needs 1,900 steps.
 """
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ def main() -> None:
     ap.add_argument("--pool-seed", type=int, default=1)
     ap.add_argument("--unified", action="store_true", help="one context shared by the classes (CoOp's default)")
     ap.add_argument("--epochs", type=int, default=None, help="the same epochs for every k (default CoOp's)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest for this tiny text tower)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
