@@ -35,7 +35,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from lmpt.engine.config import load_config  # noqa: E402
-from lmpt.engine.data import load_dataset, prepare  # noqa: E402
+from lmpt.engine.data import prepare  # noqa: E402
+from lmpt.engine.demo import build_demo_world, world_overrides  # noqa: E402
 from lmpt.metrics import average_precision, scores_from_logits  # noqa: E402
 from lmpt.model import PromptCLIP  # noqa: E402
 from lmpt.zeroshot import zeroshot_text_features  # noqa: E402
@@ -121,11 +122,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    overrides = ["run.progress=false", f"data.world_classes={args.classes}"]
+    world = build_demo_world(args.classes, 0, cache_dir=args.cache_dir, progress=False)
+    overrides = world_overrides(world) + ["run.progress=false", "run.device=cpu"]
     if args.cache_dir:
         overrides.append(f"data.cache_dir={args.cache_dir}")
     cfg = load_config("world", overrides)
-    prepared = prepare(cfg, loaded=load_dataset(cfg))
+    prepared = prepare(cfg)
     ds = prepared.dataset
     x = F.normalize(prepared.features["train"][:, 0].float(), dim=-1)
     y = torch.as_tensor(ds.train.labels).float()
@@ -146,9 +148,6 @@ def main() -> None:
         emit(figure=f"head_{name}", train_mAP=map_pct(x @ w.t() + b, y.numpy()), val_mAP=map_pct(xv @ w.t() + b, yv),
              val_mAP_softmax=soft_pct(xv @ w.t() + b, yv))
 
-    world = prepared.world
-    if world is None:
-        return
     from lmpt.world.pretrain import encode_images
 
     xt = F.normalize(prepared.features["test"][:, 0].float(), dim=-1)

@@ -195,6 +195,39 @@ def test_generation_is_deterministic(small_world, tmp_path):
     assert not np.array_equal(np.load(other / "pretrain_images.npy"), np.load(small_world / "pretrain_images.npy"))
 
 
+def _pixels(paths) -> set[bytes]:
+    from PIL import Image
+
+    out = set()
+    for p in paths:
+        with Image.open(p) as im:
+            out.add(np.asarray(im.convert("RGB")).tobytes())
+    return out
+
+
+def test_extra_images_are_fresh_draws_of_the_balanced_distribution(small_world, tmp_path):
+    from lmpt.world.generate import draw_extra_images
+
+    manifest = draw_extra_images(tmp_path / "a", 60, num_classes=20, seed=3, draw_seed=1)
+    recs = _read_jsonl(manifest)
+    assert len(recs) == 60 and all(r["labels"] and "caption" not in r for r in recs)
+    classes = (small_world / "classes.txt").read_text().split()
+    assert {c for r in recs for c in r["labels"]} <= set(classes)
+    extra = _pixels(manifest.parent / r["image"] for r in recs)
+    assert len(extra) == 60
+    world = set()
+    for split in ("train", "val", "test"):
+        world |= _pixels(small_world / r["image"] for r in _read_jsonl(small_world / f"{split}.jsonl"))
+    world |= {a.tobytes() for a in np.load(small_world / "pretrain_images.npy")}
+    assert not extra & world  # never an image of the world's splits or of its CLIP's corpus
+
+    same = draw_extra_images(tmp_path / "b", 60, num_classes=20, seed=3, draw_seed=1, workers=2)
+    assert same.read_bytes() == manifest.read_bytes()
+    assert _pixels(same.parent / r["image"] for r in recs) == extra
+    other = draw_extra_images(tmp_path / "c", 60, num_classes=20, seed=3, draw_seed=2)
+    assert not _pixels(other.parent / r["image"] for r in _read_jsonl(other)) & extra
+
+
 # --- cache and CLIP -------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from .vocab import PAIRS, SCENES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GENERATOR_VERSION", "default_sizes", "generate_world", "is_complete_world", "MARKER"]
+__all__ = ["GENERATOR_VERSION", "default_sizes", "generate_world", "draw_extra_images", "is_complete_world", "MARKER"]
 
 GENERATOR_VERSION = 3
 # Per-class probability that a pretraining caption calls a mentioned object by its name (drawn
@@ -51,7 +51,7 @@ HALLUCINATION = 0.25
 # Probability that a pretraining caption starts with alt-text clutter (see captions.web_prefix).
 WEB_PREFIX = 0.6
 MARKER = "world.json"
-_SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "pretrain": 4}
+_SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "pretrain": 4, "extra": 5}  # "extra": draw_extra_images
 _SCENE_BY_NAME = {s.name: s for s in SCENES}
 
 
@@ -82,8 +82,9 @@ def is_complete_world(world_dir: Union[str, Path]) -> bool:
     return bool(meta.get("complete"))
 
 
-def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), _SPLIT_CODES[split], int(index), GENERATOR_VERSION])
+def _image_rng(seed: int, split: str, index: int, stream: Optional[int] = None) -> np.random.Generator:
+    key = [int(seed), _SPLIT_CODES[split], int(index), GENERATOR_VERSION]
+    return np.random.default_rng(key if stream is None else key + [int(stream)])
 
 
 def _render_chunk(task: tuple[str, int, list, dict]) -> tuple[Optional[np.ndarray], list[Optional[str]]]:
@@ -98,7 +99,7 @@ def _render_chunk(task: tuple[str, int, list, dict]) -> tuple[Optional[np.ndarra
     arr = np.empty((len(sets), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8) if split == "pretrain" else None
     for k, (scene, objects) in enumerate(sets):
         idx = start + k
-        rng = _image_rng(ctx["seed"], split, idx)
+        rng = _image_rng(ctx["seed"], split, idx, ctx.get("stream"))
         img, records = render_image(ctx["looks"], _SCENE_BY_NAME[scene], [classes[o] for o in objects], rng)
         if split == "train":
             captions.append(make_caption(records, scene, rng))
@@ -117,7 +118,7 @@ def _render_chunk(task: tuple[str, int, list, dict]) -> tuple[Optional[np.ndarra
         if arr is not None:
             arr[k] = img
         else:
-            path = os.path.join(ctx["out_dir"], "images", split, f"{idx:06d}.png")
+            path = os.path.join(ctx["out_dir"], "images", ctx.get("folder", split), f"{idx:06d}.png")
             Image.fromarray(img).save(path, compress_level=1)
     return arr, captions
 
@@ -128,7 +129,7 @@ def _render_all(jobs: dict[str, list[LabelSet]], ctx: dict, workers: int,
     tasks = []
     for split, sets in jobs.items():
         if split != "pretrain":
-            (Path(ctx["out_dir"]) / "images" / split).mkdir(parents=True, exist_ok=True)
+            (Path(ctx["out_dir"]) / "images" / ctx.get("folder", split)).mkdir(parents=True, exist_ok=True)
         for start in range(0, len(sets), chunk):
             part = [(s.scene, list(s.objects)) for s in sets[start:start + chunk]]
             tasks.append((split, start, part, ctx))
@@ -292,3 +293,30 @@ def generate_world(out_dir: Union[str, Path], num_classes: int = 20, seed: int =
     logger.info("world: generated %d-class world (seed %d) in %.2fs at %s", num_classes, seed,
                 time.perf_counter() - t_start, out_dir)
     return meta
+
+
+def draw_extra_images(out_dir: Union[str, Path], n: int, num_classes: int = 20, seed: int = 0, draw_seed: int = 1,
+                      *, workers: int = 1, progress: bool = False) -> Path:
+    """``n`` fresh images of the ``(num_classes, seed)`` world, drawn like its val/test splits (equal class weights).
+
+    Writes ``out_dir/images/extra-{draw_seed}/*.png`` and returns ``out_dir/extra-{draw_seed}.jsonl`` (labels,
+    no captions). The label sets and every image come from random streams of their own (the ``extra`` code,
+    plus ``draw_seed``), so no image repeats one of the world's train, val or test images or its CLIP's
+    pretraining corpus, and different ``draw_seed`` give different images. Classes, looks and scenes are the
+    world's (they do not depend on its seed).
+    """
+    out_dir = Path(out_dir)
+    spec = make_spec(num_classes)
+    classes = spec.classes
+    code = _SPLIT_CODES["extra"]
+    rng = np.random.default_rng([int(seed), int(num_classes), GENERATOR_VERSION, code, int(draw_seed)])
+    sets = sample_balanced(spec, int(n), rng)
+    name = f"extra-{int(draw_seed)}"
+    ctx = {"classes": classes, "looks": assign_looks(classes), "seed": int(seed), "out_dir": str(out_dir),
+           "partners": spec.partner, "stream": int(draw_seed), "folder": name}
+    _render_all({"extra": sets}, ctx, max(1, int(workers)), progress)
+    lines = [json.dumps({"image": f"images/{name}/{i:06d}.png", "labels": [classes[c] for c in s.labels]})
+             for i, s in enumerate(sets)]
+    manifest = out_dir / f"{name}.jsonl"
+    atomic_write_text(manifest, "\n".join(lines) + "\n")
+    return manifest
