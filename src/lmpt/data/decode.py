@@ -91,17 +91,26 @@ class TensorPreprocess:
         self.interpolation = _INTERPOLATIONS[signature["interpolation"]]
         self.mean = torch.tensor(signature["mean"], dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(signature["std"], dtype=torch.float32).view(3, 1, 1)
+        self._stats: dict = {}
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[3, H, W]`` -> uint8 ``[3, s, s]`` (the mode's resize and crop)."""
         from torchvision.transforms.v2 import functional as TF
 
         s = self.size
         if self.squash:
-            image = TF.resize(image, [s, s], interpolation=self.interpolation, antialias=True)
-        else:
-            image = TF.center_crop(TF.resize(image, s, interpolation=self.interpolation, antialias=True), [s, s])
-        x = image.float().div_(255)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+            return TF.resize(image, [s, s], interpolation=self.interpolation, antialias=True)
+        return TF.center_crop(TF.resize(image, s, interpolation=self.interpolation, antialias=True), [s, s])
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[..., 3, s, s]`` -> float, ``/ 255``, mean/std (the statistics kept on each device)."""
+        if x.device not in self._stats:
+            self._stats[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._stats[x.device]
+        return (x.float().div_(255) - mean) / std
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.resize(image))
 
 
 class FileBytesDataset(torch.utils.data.Dataset):
@@ -165,6 +174,9 @@ class BatchDecoder:
                         decoded[k] = decode_jpeg(payloads[k], mode=ImageReadMode.RGB, device=self.device)
                     except Exception as exc:
                         self._note_fallback(self.paths[indices[k]], exc)
+        if len(decoded) == len(payloads):  # the usual case: resize each, normalise the batch at once
+            return indices, self.preprocess.normalize(torch.stack([self.preprocess.resize(decoded[k])
+                                                                   for k in range(len(payloads))]))
         out = []
         for k, p in enumerate(payloads):
             if k in decoded:
