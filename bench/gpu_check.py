@@ -160,7 +160,8 @@ def check_backbone(name: str, args, data: dict, work: Path, device, workers: int
     full = time.perf_counter() - t0
     timing = result.metrics["timing"]
     emit(figure="full_run_s", backbone=name, value=round(full, 2), epochs=args.epochs,
-         prepare_s=round(timing["prepare_s"], 2), train_s=round(timing["train_s"], 2), eval_s=round(timing["eval_s"], 2),
+         prepare_s=round(timing["prepare_s"], 2), train_s=round(timing["train_s"], 2),
+         eval_s=round(timing["eval_s"], 2),
          decode=cfg.data.decode, test_map=round(result.metrics["headline"]["total"], 4),
          note="random-init CLIP: mAP is not meaningful")
 
