@@ -30,7 +30,7 @@ CPU; every part is timed on a piece and extrapolated by count:
   which under-estimates the reference's per-batch text work.
 
 Time: the RN50 part took about 6 minutes and the world part (world read from a cache) about 8 on a 2-core
-machine with two other CPU-bound jobs on it (load average 4); on an idle machine both are about 3x faster.
+machine with two other CPU-bound jobs on it (load average 4); faster on an idle one (not measured).
 
     python bench/speed.py [--part all|world|rn50] [--epochs 50] [--ref-epochs 3] [--classes 20] [--threads 2]
 
