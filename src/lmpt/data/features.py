@@ -37,6 +37,7 @@ from ..errors import DataError
 from ..io import atomic_path, atomic_write_json, stable_hash
 from ..precision import autocast, resolve_precision
 from .dataset import MultiLabelSplit
+from .decode import BatchDecoder, FileBytesDataset, collate_payloads, prefetched, resolve_decoder
 from .images import ImageListDataset, build_transform, transform_signature
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,11 @@ def image_list_hash(split: MultiLabelSplit) -> str:
 
 
 def feature_cache_key(backbone: CLIPBackbone, preprocess: dict, split: MultiLabelSplit, flips: bool,
-                      precision: str = "fp32") -> str:
-    """Hash of everything the cached rows depend on; ``precision`` is the resolved one (fp32, bf16, fp16)."""
-    return stable_hash({
+                      precision: str = "fp32", decoder: str = "pil") -> str:
+    """Hash of everything the cached rows depend on; ``precision`` is the resolved one (fp32, bf16, fp16),
+    ``decoder`` the resolved one (:func:`lmpt.data.decode.resolve_decoder`; "pil" leaves the key as it was
+    before decoders existed, so older caches stay valid)."""
+    payload = {
         "version": CACHE_VERSION,
         "backbone": {"model": backbone.model_name, "fingerprint": backbone.fingerprint,
                      "quick_gelu": backbone.quick_gelu},
@@ -90,7 +93,10 @@ def feature_cache_key(backbone: CLIPBackbone, preprocess: dict, split: MultiLabe
         "paths": [os.path.abspath(p) for p in split.paths],
         "files": _file_stamps(split.paths),
         "flips": flips,
-    }, length=24)
+    }
+    if decoder != "pil":
+        payload["decoder"] = decoder
+    return stable_hash(payload, length=24)
 
 
 def _load_tensor(path: Path) -> tuple[torch.Tensor, dict]:
@@ -148,11 +154,14 @@ def extract_features(
     precision: str = "auto",
     progress: bool = True,
     use_cache: bool = True,
+    decode: str = "auto",
 ) -> torch.Tensor:
     """Frozen image features of ``split``: ``[N, 2, D]`` with ``flips`` (plain, mirrored), else ``[N, 1, D]``.
 
     Reads the cache when it is complete, otherwise encodes the missing chunks (in parallel with other
-    ``torchrun`` ranks, if any) and writes it. Features are float32 and not normalised.
+    ``torchrun`` ranks, if any) and writes it. Features are float32 and not normalised. ``decode`` picks
+    where JPEGs are decoded (:mod:`lmpt.data.decode`: auto, cpu, gpu, tensor); "auto" decodes on the GPU
+    exactly when ``device`` is CUDA.
     """
     if isinstance(preprocess, str):
         preprocess = PreprocessConfig(mode=preprocess)
@@ -161,7 +170,8 @@ def extract_features(
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     signature = preprocess.resolve(backbone)
-    key = feature_cache_key(backbone, signature, split, flips, precision)
+    decoder = resolve_decoder(decode, device)
+    key = feature_cache_key(backbone, signature, split, flips, precision, decoder)
     folder = resolve_cache_dir(cache_dir) / "features" / key
     final = folder / FINAL_NAME
     n = len(split)
@@ -176,7 +186,8 @@ def extract_features(
     if dist_utils.is_main():
         atomic_write_json(folder / "meta.json", {"split": split.name, "images": n, "flips": flips,
                                                  "backbone": backbone.describe(), "preprocess": signature,
-                                                 "precision": precision, "version": CACHE_VERSION})
+                                                 "precision": precision, "decoder": decoder,
+                                                 "version": CACHE_VERSION})
     chunks = [(i, i * chunk_size, min(n, (i + 1) * chunk_size)) for i in range((n + chunk_size - 1) // chunk_size)]
     rank, world = dist_utils.rank(), dist_utils.world_size()
     mine = [c for c in chunks if c[0] % world == rank]
@@ -187,7 +198,7 @@ def extract_features(
     if todo:
         _encode_chunks(backbone, split, signature, flips, chunk_dir, todo, device, batch_size,
                        default_num_workers() if num_workers is None else num_workers, precision,
-                       progress and dist_utils.is_main())
+                       progress and dist_utils.is_main(), decoder)
     dist_utils.barrier()
     if dist_utils.is_main():
         parts = []
@@ -211,24 +222,33 @@ def extract_features(
 
 def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: dict, flips: bool, folder: Path,
                    chunks: list, device: torch.device, batch_size: int, num_workers: int, precision: str,
-                   progress: bool) -> None:
+                   progress: bool, decoder: str = "pil") -> None:
     """Encode the images of ``chunks``; each chunk is saved as soon as its last image is encoded.
 
     One DataLoader serves all chunks (workers start once) and hands out small batches so every worker
     is busy; they are regrouped into encoder batches of ``batch_size`` that never straddle a chunk.
+    With a torchvision decoder the workers only read the files and the batches are decoded and
+    preprocessed on the encoder's device, the next one while the current one is encoded.
     """
     from tqdm.auto import tqdm
 
-    transform = build_transform(signature["mode"], signature["image_size"], signature["mean"], signature["std"],
-                                signature["interpolation"])
     model = backbone.model.to(device).eval()
     order = [i for _, start, stop in chunks for i in range(start, stop)]
     total = len(order)
     load_bs = max(1, min(32, batch_size))
     workers = num_workers if total > 64 else 0
-    loader = DataLoader(torch.utils.data.Subset(ImageListDataset(split.paths, transform), order),
-                        batch_size=load_bs, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
+    if decoder == "pil":
+        transform = build_transform(signature["mode"], signature["image_size"], signature["mean"],
+                                    signature["std"], signature["interpolation"])
+        loader = DataLoader(torch.utils.data.Subset(ImageListDataset(split.paths, transform), order),
+                            batch_size=load_bs, shuffle=False, num_workers=workers,
+                            pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+        batches = _reraise_data_errors(loader)
+    else:
+        loader = DataLoader(torch.utils.data.Subset(FileBytesDataset(split.paths, signature), order),
+                            batch_size=max(1, min(64, batch_size)), shuffle=False, num_workers=workers,
+                            collate_fn=collate_payloads, prefetch_factor=4 if workers else None)
+        batches = prefetched(_reraise_data_errors(loader), BatchDecoder(signature, split.paths, device), device)
     bar = tqdm(total=total, desc=f"features {split.name}", unit="img", disable=not progress, leave=False)
     t0 = time.perf_counter()
     chunk_iter = iter(chunks)
@@ -247,7 +267,7 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
         n = feats.shape[0] // (2 if flips else 1)
         return torch.stack([feats[:n], feats[n:]], dim=1) if flips else feats[:, None]
 
-    for _, images in _reraise_data_errors(loader):
+    for _, images in batches:
         while images.shape[0]:
             take = min(images.shape[0], (stop - start) - done - n_pending)
             pending.append(images[:take])

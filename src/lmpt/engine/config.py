@@ -49,6 +49,7 @@ class DataConfig:
     val_fraction: float = 0.1  # carved from train when there is no val manifest; 0 = no validation split
     split_seed: int = 0
     preprocess: str = "reference"  # reference | clip (lmpt.data.images.PREPROCESSING)
+    decode: str = "auto"  # auto (GPU when extracting on CUDA) | cpu (PIL in workers) | gpu (lmpt.data.decode)
     captions: str = "auto"  # auto (use captions, CSE off without them) | class-names | off
     caption_chars: int = 75
     cache_dir: Optional[str] = None  # default: $LMPT_CACHE_DIR or ~/.cache/lmpt (generated world, features)

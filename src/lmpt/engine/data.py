@@ -63,7 +63,8 @@ def split_features(cfg: Config, backbone: CLIPBackbone, split: MultiLabelSplit, 
     return extract_features(backbone, split, preprocess=PreprocessConfig(mode=preprocess or d.preprocess), flips=flips,
                             cache_dir=d.feature_cache_dir or d.cache_dir, device=device,
                             batch_size=d.feature_batch_size, chunk_size=d.feature_chunk_size,
-                            num_workers=d.num_workers, precision=cfg.run.precision, progress=cfg.run.progress)
+                            num_workers=d.num_workers, precision=cfg.run.precision, progress=cfg.run.progress,
+                            decode=d.decode)
 
 
 def prepare(cfg: Config, device: Optional[torch.device] = None,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from ..calibration import CALIBRATIONS
 from ..data.benchmarks import CLASS_NAME_STYLES
+from ..data.decode import DECODE_CHOICES
 from ..data.images import PREPROCESSING
 from ..data.sources import DATA_SOURCES
 from ..errors import ConfigError
@@ -105,6 +106,7 @@ def validate(cfg: Config) -> None:
 
     _choice(d.dataset, DATA_SOURCES, "data.dataset")
     _choice(d.preprocess, PREPROCESSING, "data.preprocess")
+    _choice(d.decode, DECODE_CHOICES, "data.decode")
     _choice(d.captions, CAPTION_MODES, "data.captions")
     _choice(d.class_names, CLASS_NAME_STYLES, "data.class_names")
     _number(d.val_fraction, "data.val_fraction", 0, 1, high_open=True)
