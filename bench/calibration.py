@@ -1,10 +1,12 @@
-"""Which calibration: the methods of ``lmpt.calibration`` compared on a run's validation split.
+"""Which calibration and which thresholds: compared on a run's validation split by cross-validation.
 
     python bench/calibration.py RUN_DIR [--folds 5]
 
-For each method, the mean held-out cross-entropy (true labels) in k-fold cross-validation over the
-validation images, and the expected calibration error of the held-out probabilities. Validation data only:
-the test split is not read. Prints one JSON line per method and a last line ``best: METHOD``.
+For each calibration method, the mean held-out cross-entropy (true labels) in k-fold cross-validation over
+the validation images and the expected calibration error of the held-out probabilities; then, for the
+thresholds' F-beta (``run.threshold_beta``), the held-out decisions: labels per image over the true number,
+OF1 and CF1. Validation data only: the test split is not read. Prints one JSON line per figure and a last
+line ``best: METHOD``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from lmpt.calibration import CALIBRATIONS, cross_validated_loss, expected_calibration_error, fit_calibration  # noqa: E402
+from lmpt.calibration import (CALIBRATIONS, cross_validated_loss, decision_metrics,  # noqa: E402
+                              expected_calibration_error, fit_calibration)
 from lmpt.engine.data import prepare  # noqa: E402
 from lmpt.engine.inference import load_run  # noqa: E402
 
@@ -50,7 +53,21 @@ def main() -> None:
         print(json.dumps({"figure": "calibration_cv_cross_entropy", "method": method, "value": round(scores[method], 5),
                           "held_out_ece": round(held_out_ece(logits, labels, method, args.folds), 4),
                           "folds": args.folds, "val_images": len(logits), "run": str(args.run_dir)}), flush=True)
-    print(f"best: {min(scores, key=scores.get)}")
+    best = min(scores, key=scores.get)
+    order = np.random.default_rng(0).permutation(len(logits))
+    for beta in (2.0, 1.0, 0.7, 0.5, 0.3):
+        rows = []
+        for k in range(args.folds):
+            test = order[k::args.folds]
+            train = np.setdiff1d(order, test)
+            cal = fit_calibration(logits[train], labels[train], best, beta=beta)
+            m = decision_metrics(cal.probabilities(logits[test]), labels[test], cal.thresholds)
+            rows.append((m["labels_per_image"] / m["true_labels_per_image"], m["OF1"], m["CF1"]))
+        r = np.mean(rows, axis=0)
+        print(json.dumps({"figure": "threshold_beta_cv", "beta": beta, "calibration": best,
+                          "labels_per_image_over_true": round(float(r[0]), 3), "OF1": round(float(r[1]), 4),
+                          "CF1": round(float(r[2]), 4), "folds": args.folds}), flush=True)
+    print(f"best: {best}")
 
 
 if __name__ == "__main__":
