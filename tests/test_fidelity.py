@@ -32,14 +32,15 @@ def _softmax(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_engine_loss_is_lam_db_plus_one_minus_lam_cse(tiny_data, tmp_path):
+@pytest.mark.parametrize("focal", ["batch", "elementwise"])
+def test_engine_loss_is_lam_db_plus_one_minus_lam_cse(tiny_data, tmp_path, focal):
     """build_loss: the configured lam, focal mode, preset and counts, checked on a batch against the parts."""
-    cfg = resolve_method(_cfg(tiny_data, tmp_path, **{"loss.lam": 0.3, "loss.db_focal": "elementwise",
+    cfg = resolve_method(_cfg(tiny_data, tmp_path, **{"loss.lam": 0.3, "loss.db_focal": focal,
                                                        "loss.db_preset": "voc-lt"}))
     prepared = prepare(cfg)
     loss = build_loss(cfg, prepared.dataset)
     counts = prepared.dataset.train.class_counts
-    db = DistributionBalancedLoss(counts, len(prepared.dataset.train), **db_preset("voc-lt"), focal="elementwise")
+    db = DistributionBalancedLoss(counts, len(prepared.dataset.train), **db_preset("voc-lt"), focal=focal)
     cse = ClassSpecificEmbeddingLoss(counts)
     g = torch.Generator().manual_seed(0)
     c = len(counts)
@@ -48,7 +49,7 @@ def test_engine_loss_is_lam_db_plus_one_minus_lam_cse(tiny_data, tmp_path):
     out = loss(logits, y, caption_emb=cap, prompt_emb=prm)
     expected = 0.3 * db(logits, y) + 0.7 * cse(cap, prm, y)
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
-    assert loss.cls_loss.focal == "elementwise"
+    assert loss.cls_loss.focal == focal
 
 
 def test_cse_gradient_reaches_the_prompts(tiny_data, tmp_path):

@@ -155,3 +155,28 @@ def test_predict_and_export_errors_are_one_line(runs, tmp_path, capsys):
         code = main(argv)
         err = capsys.readouterr().err
         assert code == 2 and text in err and "Traceback" not in err, (argv, err)
+
+
+class _FixedScorer:
+    """Known probabilities and thresholds, to check which labels predict chooses."""
+
+    class_names = ["a", "b", "c"]
+    thresholds = np.array([0.2, 0.6, 0.95])
+
+    @staticmethod
+    def transform(image):
+        return torch.zeros(3, 4, 4)
+
+    def probabilities(self, images):
+        return np.tile([0.3, 0.55, 0.97], (len(images), 1))
+
+
+def test_predict_uses_each_classs_threshold_unless_told_otherwise(tiny_data):
+    from lmpt.predictor import predict_paths
+
+    images = sorted(str(p) for p in (tiny_data["root"] / "img").glob("test000*.png"))[:2]
+    labels = lambda **kw: [[n for n, _ in p.labels] for p in predict_paths(_FixedScorer(), images,  # noqa: E731
+                                                                            show_progress=False, **kw).predictions]
+    assert labels() == [["c", "a"]] * 2  # 0.97 >= 0.95 and 0.3 >= 0.2; 0.55 < 0.6; best first
+    assert labels(threshold=0.5) == [["c", "b"]] * 2
+    assert labels(top_k=1) == [["c"]] * 2

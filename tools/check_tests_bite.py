@@ -1,6 +1,6 @@
 """Do the tests bite? Plant one fault at a time in a copy of ``src/`` and check that a named test fails.
 
-Each fault is a literal substitution in one source file (the exact text must occur once) and the tests that
+Each fault is a literal substitution (or a few) in one source file (each exact text must occur once) and the tests that
 guard the behaviour it breaks. The script copies ``src/`` to a temporary folder, applies one fault, runs those
 tests against the copy (``PYTHONPATH``), and reports whether they failed ("caught") as they must.
 
@@ -57,7 +57,11 @@ FAULTS = {
     "asl-weight-with-grad": ("losses.py", "torch.set_grad_enabled(self.focal_grad and torch.is_grad_enabled())",
                              "torch.set_grad_enabled(torch.is_grad_enabled())",
                              ["tests/test_losses.py::test_asl_value_and_gradient_match_the_reference"]),
-    "chunks-of-any-size-joined": ("data/features.py", 'folder / f"chunks-{int(chunk_size)}"', 'folder / "chunks"',
+    # two defences guard the chunks (a folder per chunk size, the row range in each chunk): remove both
+    "chunks-of-any-size-joined": ("data/features.py",
+                                  ('folder / f"chunks-{int(chunk_size)}"', 'if feats.shape[0] != stop - start or '
+                                   'meta.get("start") != str(start) or meta.get("stop") != str(stop):'),
+                                  ('folder / "chunks"', "if False:"),
                                   ["tests/test_features.py::test_resume_with_another_chunk_size_equals_a_fresh_extraction"]),
     "final-cache-not-checked": ("data/features.py", 'if feats.shape[0] != n or meta.get("rows") != str(n) or '
                                 'meta.get("images") != images:', "if False:",
@@ -80,7 +84,7 @@ FAULTS = {
                        ["tests/test_model.py::test_fp16_gelu_export_is_not_taken_for_openai"]),
     "predict-default-threshold-fixed": ("predictor.py", "t = thresholds if threshold is None else",
                                         "t = np.full_like(thresholds, 0.5) if threshold is None else",
-                                        ["tests/test_engine.py::test_eval_and_predict_use_the_checkpoint"]),
+                                        ["tests/test_predict.py::test_predict_uses_each_classs_threshold_unless_told_otherwise"]),
     "predict-scores-uncalibrated": ("engine/inference.py", "        if self.calibration is None:\n",
                                     "        if True:\n",
                                     ["tests/test_engine.py::test_eval_and_predict_use_the_checkpoint"]),
@@ -101,9 +105,12 @@ def run_fault(name: str, spec: tuple, keep: bool = False) -> tuple[bool, float, 
         shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         path = work / "src" / "lmpt" / rel
         text = path.read_text()
-        if text.count(old) != 1:
-            return False, 0.0, f"the original text occurs {text.count(old)} times in {rel}: update the fault"
-        path.write_text(text.replace(old, new))
+        pairs = zip(old, new) if isinstance(old, tuple) else [(old, new)]  # one fault may need several edits
+        for before, after in pairs:
+            if text.count(before) != 1:
+                return False, 0.0, f"the original text occurs {text.count(before)} times in {rel}: update the fault"
+            text = text.replace(before, after)
+        path.write_text(text)
         env = dict(os.environ, PYTHONPATH=str(work / "src"), HF_HUB_OFFLINE="1")
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
