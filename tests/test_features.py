@@ -177,3 +177,10 @@ def test_bad_image_is_named_from_worker_processes(tiny_backbone, split, tmp_path
     with pytest.raises(DataError) as exc:
         extract_features(tiny_backbone, broken, cache_dir=tmp_path, num_workers=1, progress=False)
     assert "corrupt.png" in str(exc.value) and "Traceback" not in str(exc.value)
+
+
+def test_progress_is_plain_lines_off_a_terminal(tiny_backbone, split, tmp_path, capfd):
+    """In a CI log (stderr not a terminal) extraction prints whole lines, never carriage-return frames."""
+    extract_features(tiny_backbone, split, cache_dir=tmp_path, num_workers=0, progress=True)
+    err = capfd.readouterr().err
+    assert "\r" not in err and f"features {split.name}: {len(split)}/{len(split)} img" in err

@@ -27,10 +27,13 @@ def check_image(path: str) -> Optional[str]:
 
 
 def _progress(it: Iterable, total: int, enabled: bool, desc: str) -> Iterable:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-    return tqdm(it, total=total, desc=desc, unit="img")
+    from ..progress import progress
+
+    bar = progress(total, desc, unit="img", enabled=enabled)
+    for item in it:
+        yield item
+        bar.update(1)
+    bar.close()
 
 
 def check_images(paths: Sequence[str], ids: Optional[Sequence[str]] = None, num_workers: int = 0,

@@ -36,6 +36,7 @@ from ..cache import resolve_cache_dir
 from ..errors import DataError
 from ..io import atomic_path, atomic_write_json, stable_hash
 from ..precision import autocast, resolve_precision
+from ..progress import progress as progress_bar
 from .dataset import MultiLabelSplit
 from .decode import BatchDecoder, FileBytesDataset, collate_payloads, prefetched, resolve_decoder
 from .images import ImageListDataset, build_transform, transform_signature
@@ -230,7 +231,6 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
     With a torchvision decoder the workers only read the files and the batches are decoded and
     preprocessed on the encoder's device, the next one while the current one is encoded.
     """
-    from tqdm.auto import tqdm
 
     model = backbone.model.to(device).eval()
     order = [i for _, start, stop in chunks for i in range(start, stop)]
@@ -249,7 +249,7 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
                             batch_size=max(1, min(64, batch_size)), shuffle=False, num_workers=workers,
                             collate_fn=collate_payloads, prefetch_factor=4 if workers else None)
         batches = prefetched(_reraise_data_errors(loader), BatchDecoder(signature, split.paths, device), device)
-    bar = tqdm(total=total, desc=f"features {split.name}", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total, f"features {split.name}", unit="img", enabled=progress)
     t0 = time.perf_counter()
     chunk_iter = iter(chunks)
     idx, start, stop = next(chunk_iter)

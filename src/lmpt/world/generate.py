@@ -27,9 +27,9 @@ from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..io import atomic_path, atomic_write_json, atomic_write_text
+from ..progress import progress as progress_bar
 from .captions import make_caption, web_prefix
 from .labels import LabelSet, label_matrix, lt_profile, make_spec, sample_balanced, sample_split
 from .render import IMAGE_SIZE, assign_looks, render_image
@@ -135,7 +135,7 @@ def _render_all(jobs: dict[str, list[LabelSet]], ctx: dict, workers: int,
             tasks.append((split, start, part, ctx))
     total = sum(len(s) for s in jobs.values())
     results: dict[str, list] = {split: [] for split in jobs}
-    bar = tqdm(total=total, desc="world: drawing images", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total, "world: drawing images", unit="img", enabled=progress)
     try:
         if workers > 1:
             # fork (as torch's DataLoader does): workers only use numpy and PIL, and unlike spawn
@@ -178,7 +178,7 @@ def generate_world(out_dir: Union[str, Path], num_classes: int = 20, seed: int =
         scale: multiplies the long-tailed train counts (tests use small worlds).
         sizes: overrides of :func:`default_sizes` (``val``, ``test``, ``pretrain`` image counts).
         workers: processes drawing images (default: up to 2); the output does not depend on it.
-        progress: tqdm bars on stderr.
+        progress: progress on stderr (a bar on a terminal, plain lines otherwise).
         naming_range, confusion_range: experiment knobs for the pretraining captions' name
             noise (default :data:`NAMING_RANGE`, :data:`CONFUSION_RANGE`); not part of
             :func:`lmpt.world.build_world`'s cache key, which always uses the defaults.

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..backbone import quiet_open_clip
 from ..io import atomic_path, atomic_write_json
-from .clip import IMAGE_MEAN, IMAGE_STD, WORLD_MODEL_NAME, get_world_tokenizer, register_world_models
 from ..metrics import average_precision
+from ..progress import progress as progress_bar
+from .clip import IMAGE_MEAN, IMAGE_STD, WORLD_MODEL_NAME, get_world_tokenizer, register_world_models
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,7 @@ def pretrain_world_clip(world_dir: Union[str, Path], out_path: Union[str, Path],
         done = 0
         perm = torch.randperm(n, generator=gen)
         pos = 0
-        bar = tqdm(total=total_steps, desc="world: pretraining CLIP", unit="step", disable=not progress,
-                   leave=False)
+        bar = progress_bar(total_steps, "world: pretraining CLIP", unit="step", enabled=progress, every=50)
         try:
             for step in range(total_steps):
                 if seconds_budget is not None and time.perf_counter() - t0 > seconds_budget:
