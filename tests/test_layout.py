@@ -29,26 +29,15 @@ def _resolve(current: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _type_checking_lines(tree: ast.Module) -> set[int]:
-    lines = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
-
-
 def import_graph() -> dict[str, set[str]]:
-    """Module -> lmpt modules it imports anywhere (module level or inside functions), TYPE_CHECKING excluded."""
+    """Module -> lmpt modules it imports anywhere: module level, inside functions, and under TYPE_CHECKING (an
+    import for annotations only is still a dependency a reader has to follow)."""
     modules = _modules()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        skip = _type_checking_lines(tree)
         edges: set[str] = set()
         for node in ast.walk(tree):
-            if getattr(node, "lineno", None) in skip:
-                continue
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]

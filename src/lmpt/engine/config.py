@@ -19,6 +19,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .validation import validate
 
 
 @dataclass
@@ -285,8 +286,6 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML file (``base:`` chains allowed), then ``section.key=value`` overrides; validated."""
-    from .validation import validate
-
     cfg = Config()
     if path is not None:
         chain = []
@@ -312,7 +311,6 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
 
 def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> Config:
     """Rebuild a config saved with a run (``Config.to_dict``), then apply ``overrides``; validated."""
-    from .validation import validate
 
     cfg = apply_dict(Config(), copy.deepcopy(data), "saved config")
     apply_overrides(cfg, overrides)

@@ -7,12 +7,9 @@ the loss section exactly as configured.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 from ..registry import Registry
-
-if TYPE_CHECKING:
-    from .config import Config
 
 
 @dataclass(frozen=True)
@@ -38,8 +35,9 @@ for _m in (
     METHODS.register(_m.name, _m)
 
 
-def resolve_method(cfg: Config) -> Config:
-    """A copy of ``cfg`` with the losses ``run.method`` implies (``custom`` keeps the loss section as is)."""
+def resolve_method(cfg: Any) -> Any:
+    """A copy of ``cfg`` (a :class:`~lmpt.engine.config.Config`; not imported: config validation reads this
+    registry) with the losses ``run.method`` implies (``custom`` keeps the loss section as is)."""
     cfg = cfg.copy()
     method = METHODS[cfg.run.method]
     if method.classification is not None:

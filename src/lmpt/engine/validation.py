@@ -6,7 +6,7 @@ the key and the value.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from ..calibration import CALIBRATIONS
 from ..data.benchmarks import CLASS_NAME_STYLES
@@ -21,8 +21,8 @@ from ..registry import Registry
 from ..zeroshot import TEMPLATE_MODES
 from .methods import METHODS
 
-if TYPE_CHECKING:  # a type only: config.py calls validate(), so importing it here would be a cycle
-    from .config import Config
+# The configs checked here are lmpt.engine.config.Config objects; that module imports this one (it validates
+# what it loads), so this one does not import it back, not even for annotations.
 
 SELECTIONS = ("last", "val", "test")
 CAPTION_MODES = ("auto", "class-names", "off")
@@ -84,7 +84,7 @@ def _mapping(values: dict, allowed: tuple[str, ...], where: str, kind: str) -> N
             _number(value, f"{where}.{key}")
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Any) -> None:
     """Raise ConfigError (one line naming key and value) for the first invalid setting."""
     m, d, lo, o, p, r = cfg.model, cfg.data, cfg.loss, cfg.optim, cfg.probe, cfg.run
 
@@ -168,7 +168,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("run.select=val needs a validation split: set data.val_fraction > 0 or data.val=FILE")
 
 
-def check_resume(saved: Config, requested: Config, run_dir: str) -> None:
+def check_resume(saved: Any, requested: Any, run_dir: str) -> None:
     """Refuse to resume a run with settings that change what it computes (paths and speed may change)."""
     a, b = saved.to_dict(), requested.to_dict()
     for section in ("run", "model", "data", "optim", "probe", "loss"):  # the loss section follows run.method
