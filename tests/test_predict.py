@@ -180,3 +180,20 @@ def test_predict_uses_each_classs_threshold_unless_told_otherwise(tiny_data):
     assert labels() == [["c", "a"]] * 2  # 0.97 >= 0.95 and 0.3 >= 0.2; 0.55 < 0.6; best first
     assert labels(threshold=0.5) == [["c", "b"]] * 2
     assert labels(top_k=1) == [["c"]] * 2
+
+
+def test_a_classifier_file_without_calibration_scores_sigmoid_at_one_half(runs, tmp_path, caplog):
+    """Files written before calibration existed: sigmoid(logit), threshold 0.5, and a warning."""
+    from PIL import Image
+
+    from lmpt.engine.checkpoint import PROMPT_FILE, save_weights
+
+    tensors, meta = load_weights(runs["vit"])
+    old = tmp_path / "old"
+    old.mkdir()
+    save_weights(old / PROMPT_FILE, tensors, {k: v for k, v in meta.items() if k != "calibration"})
+    scorer = RunScorer(load_run(old))
+    assert "no calibration" in caplog.text and np.all(scorer.thresholds == 0.5)
+    images = torch.stack([scorer.transform(Image.new("RGB", (40, 30)))])
+    expected = torch.sigmoid(scorer.logits(images)).numpy()
+    np.testing.assert_allclose(scorer.probabilities(images), expected, atol=1e-6)

@@ -65,7 +65,9 @@ def fit_sigmoid_map(logits: ArrayLike, labels: ArrayLike, shared_a: bool, shared
     n, c = z.shape
     if n == 0:
         raise ValueError("cannot calibrate on zero examples")
-    targets = torch.from_numpy(platt_targets(y) if not (shared_a and shared_b) else _pooled_targets(y))
+    # one map for every class pools the counts of all entries; otherwise each column has its own
+    targets = torch.from_numpy(platt_targets(y.reshape(-1, 1)).reshape(y.shape) if shared_a and shared_b
+                               else platt_targets(y))
     mu, sd = float(z.mean()), float(z.std()) or 1.0
     x = torch.from_numpy((z - mu) / sd)
     a = torch.ones(1 if shared_a else c, dtype=torch.float64, requires_grad=True)
@@ -83,14 +85,6 @@ def fit_sigmoid_map(logits: ArrayLike, labels: ArrayLike, shared_a: bool, shared
     a_std = a.detach().numpy() * np.ones(c)
     b_std = b.detach().numpy() * np.ones(c)
     return a_std / sd, b_std - a_std * mu / sd
-
-
-def _pooled_targets(labels: np.ndarray) -> np.ndarray:
-    """Smoothed targets with the counts of all entries pooled (for one map shared by every class)."""
-    y = labels > 0
-    n_pos = float(y.sum())
-    n_neg = float(y.size - n_pos)
-    return np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
 
 
 def apply_sigmoid_map(logits: ArrayLike, a: ArrayLike, b: ArrayLike) -> np.ndarray:
@@ -160,6 +154,12 @@ class Calibration:
     beta: float = 1.0
     own_fit: list[bool] = field(default_factory=list)  # classes with their own map and threshold
     shared_threshold: Optional[float] = None
+
+    @classmethod
+    def identity(cls, num_classes: int) -> "Calibration":
+        """No calibration: ``p = sigmoid(logit)`` and the fixed threshold 0.5 (classifier files from before calibration)."""
+        return cls(method="none", a=[1.0] * num_classes, b=[0.0] * num_classes, thresholds=[0.5] * num_classes,
+                   fitted_on="none", own_fit=[False] * num_classes)
 
     @property
     def num_classes(self) -> int:

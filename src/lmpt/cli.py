@@ -150,7 +150,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else (min(4, os.cpu_count() or 1) if len(inputs.paths) > 64 else 0)
     result = predict_paths(scorer, inputs, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
                            num_workers=workers, strict=args.strict, show_progress=not args.quiet)
-    for line in notes(result, len(inputs.paths))[0]:
+    before, after = notes(result, len(inputs.paths))
+    for line in before:
         print(line, file=sys.stderr)
     if not result.predictions:
         return 2
@@ -162,7 +163,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"written: {args.out} ({len(result.predictions)} images)", file=sys.stderr)
     else:
         print(text)
-    for line in notes(result, len(inputs.paths))[1]:
+    for line in after:
         print(line, file=sys.stderr)
     return 0
 

@@ -92,12 +92,10 @@ def check_compatible(meta: dict[str, Any], class_names: Optional[Sequence[str]],
                      source: Union[str, Path]) -> None:
     """Refuse a checkpoint whose classes (unless ``class_names`` is None) or backbone differ from what it is used with."""
     saved = list(meta.get("class_names", []))
-    if class_names is None:
-        pass
-    elif len(saved) != len(class_names):
+    if class_names is not None and len(saved) != len(class_names):
         raise CheckpointError(f"{source} was trained for {len(saved)} classes but the data has {len(class_names)}; "
                               "use the data set (and class list) the prompt was trained on")
-    elif saved != list(class_names):
+    elif class_names is not None and saved != list(class_names):
         diff = [(i, a, b) for i, (a, b) in enumerate(zip(saved, class_names)) if a != b][:3]
         detail = ", ".join(f"#{i}: '{a}' vs '{b}'" for i, a, b in diff)
         raise CheckpointError(f"{source}: class names differ from the data's ({detail}); "

@@ -18,11 +18,12 @@ from ..calibration import Calibration, decision_metrics, expected_calibration_er
 from ..data.dataset import MultiLabelDataset
 from ..metrics import scores_from_logits
 from .config import Config
+from .evaluate import THRESHOLDS
 
 logger = logging.getLogger(__name__)
 
-FIXED_THRESHOLD = 0.5
-FIXED_LABEL = "fixed threshold 0.5 on sigmoid(logit), uncalibrated"
+FIXED_THRESHOLD = THRESHOLDS["sigmoid"]  # the CF1/OF1 threshold of metrics.json's sigmoid block
+FIXED_LABEL = f"fixed threshold {FIXED_THRESHOLD} on sigmoid(logit), uncalibrated"
 
 
 def fit_run_calibration(cfg: Config, dataset: MultiLabelDataset,

@@ -19,11 +19,14 @@ GROUPS = ("total", "head", "medium", "tail")
 
 @torch.no_grad()
 def logits_from_features(features: torch.Tensor, text_features: torch.Tensor, logit_scale: float,
-                         batch_size: int = 8192) -> torch.Tensor:
-    """``logit_scale * cos`` for cached features ``[N, V, D]`` (variant 0, unflipped) or ``[N, D]``; float32 on CPU."""
+                         batch_size: int = 8192, normalize_text: bool = True) -> torch.Tensor:
+    """``logit_scale * cos`` for cached features ``[N, V, D]`` (variant 0, unflipped) or ``[N, D]``; float32 on CPU.
+
+    ``normalize_text=False`` takes the rows of ``text_features`` as they are (a head with the scale folded in).
+    """
     if features.dim() == 3:
         features = features[:, 0]
-    text = F.normalize(text_features.float(), dim=-1)
+    text = F.normalize(text_features.float(), dim=-1) if normalize_text else text_features.float()
     out = []
     for i in range(0, features.shape[0], batch_size):
         x = features[i:i + batch_size].to(text.device).float()

@@ -31,11 +31,10 @@ class ExportModule(torch.nn.Module):
         super().__init__()
         self.visual = classifier.backbone.model.visual
         cal = classifier.calibration
-        c = len(classifier.class_names)
         self.register_buffer("weight", classifier.weight.detach().cpu().clone())
         self.register_buffer("bias", classifier.bias.detach().cpu().clone())
-        self.register_buffer("cal_a", torch.tensor(cal.a if cal is not None else [1.0] * c, dtype=torch.float32))
-        self.register_buffer("cal_b", torch.tensor(cal.b if cal is not None else [0.0] * c, dtype=torch.float32))
+        self.register_buffer("cal_a", torch.tensor(cal.a, dtype=torch.float32))
+        self.register_buffer("cal_b", torch.tensor(cal.b, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.visual(images)
@@ -46,11 +45,9 @@ class ExportModule(torch.nn.Module):
 
 def export_meta(classifier: Classifier, meta: dict[str, Any], source: str) -> dict[str, Any]:
     cal = classifier.calibration
-    c = len(classifier.class_names)
     return {"export_version": EXPORT_VERSION, "lmpt_version": __version__, "source": source,
-            "class_names": classifier.class_names,
-            "thresholds": list(cal.thresholds) if cal is not None else [0.5] * c,
-            "calibration": cal.to_dict() if cal is not None else None,
+            "class_names": classifier.class_names, "thresholds": list(cal.thresholds),
+            "calibration": cal.to_dict() if classifier.calibrated else None,
             "preprocess": preprocess_signature(meta, classifier.backbone),
             "backbone": meta.get("backbone"), "method": meta.get("method"), "kind": classifier.kind}
 
@@ -63,7 +60,7 @@ def export_run(run: Union[str, Path], out: Union[str, Path], weights: Optional[s
                         "implemented")
     loaded = load_run(run, weights=weights, device="cpu")
     classifier = loaded.model
-    if classifier.calibration is None:
+    if not classifier.calibrated:
         logger.warning("%s has no calibration (written by an older lmpt): the export uses sigmoid(logit) and "
                        "threshold 0.5", run)
     module = ExportModule(classifier).float().eval()

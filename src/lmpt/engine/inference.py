@@ -20,7 +20,6 @@ from ..data.features import PreprocessConfig
 from ..data.images import build_transform
 from ..errors import UserError
 from ..io import atomic_write_json
-from ..metrics import scores_from_logits
 from ..model import LinearProbe, PromptCLIP
 from ..predictor import Inputs, PredictResult, collect_inputs, predict_paths
 from .builders import prompt_config
@@ -28,7 +27,7 @@ from .checkpoint import check_compatible, load_weights, model_file
 from .config import Config, config_from_dict
 from .data import prepare, resolve_device
 from .decide import test_decisions
-from .evaluate import evaluate_splits
+from .evaluate import evaluate_splits, logits_from_features
 from .outputs import ORACLE_LABEL, run_metrics
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,9 @@ class Classifier(torch.nn.Module):
         self.kind = meta.get("kind", "prompt")
         self.backbone = backbone
         self.class_names = list(meta["class_names"])
-        self.calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
+        self.calibrated = bool(meta.get("calibration"))  # files from before calibration: sigmoid and 0.5
+        self.calibration = Calibration.from_dict(meta["calibration"]) if self.calibrated \
+            else Calibration.identity(len(self.class_names))
         scale = float(backbone.model.logit_scale.detach().exp())
         with torch.no_grad():
             if self.kind == "probe":
@@ -70,20 +71,12 @@ class Classifier(torch.nn.Module):
     @torch.no_grad()
     def feature_logits(self, features: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
         """``[N, C]`` float32 CPU logits of image features ``[N, D]`` (or cached ``[N, V, D]``: variant 0)."""
-        x = features[:, 0] if features.dim() == 3 else features
-        out = [torch.nn.functional.normalize(x[i:i + batch_size].to(self.weight).float(), dim=-1) @ self.weight.t()
-               + self.bias for i in range(0, len(x), batch_size)]
-        return torch.cat(out).cpu() if out else torch.zeros(0, len(self.class_names))
+        return logits_from_features(features, self.weight, 1.0, batch_size, normalize_text=False) + self.bias.cpu()
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.model.encode_image(images.to(self.weight.device))
 
-    def probabilities_of_logits(self, logits: torch.Tensor) -> np.ndarray:
-        """Calibrated probabilities (``sigmoid`` of the logits for a file without calibration)."""
-        if self.calibration is None:
-            return scores_from_logits(logits, "sigmoid")
-        return self.calibration.probabilities(logits)
 
 
 @dataclass
@@ -127,7 +120,7 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), write
     metrics = run_metrics(cfg, prepared, results["test"], results.get("val"), selection=meta.get("selection", "?"),
                           selected_epoch=meta.get("selected_epoch"))
     metrics["oracle"] = meta.get("selection") == ORACLE_LABEL
-    if model.calibration is not None:
+    if model.calibrated:
         metrics["decisions"] = test_decisions(model.calibration, logits["test"], prepared.dataset.test.labels)
     if write:
         atomic_write_json(path.parent / "eval.json", metrics)
@@ -140,15 +133,11 @@ class RunScorer:
     def __init__(self, run: LoadedRun) -> None:
         self.model = run.model
         self.class_names = self.model.class_names
-        cal = self.model.calibration
-        if cal is None:
+        if not self.model.calibrated:
             logger.warning("this classifier file has no calibration (written by an older lmpt): scores are "
                            "sigmoid(logit) and the threshold 0.5; re-run `lmpt train` for calibrated decisions")
-            self.thresholds = np.full(len(self.class_names), 0.5)
-        else:
-            self.thresholds = np.asarray(cal.thresholds)
+        self.thresholds = np.asarray(self.model.calibration.thresholds)
         sig = preprocess_signature(run.meta, self.model.backbone)
-        self.preprocess = sig
         self.transform = build_transform(sig["mode"], sig["image_size"], sig["mean"], sig["std"], sig["interpolation"])
 
     @torch.no_grad()
@@ -156,7 +145,7 @@ class RunScorer:
         return self.model.feature_logits(self.model.encode_image(images))
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        return self.model.probabilities_of_logits(self.logits(images))
+        return self.model.calibration.probabilities(self.logits(images))
 
 
 def preprocess_signature(meta: dict[str, Any], backbone) -> dict[str, Any]:
