@@ -220,6 +220,12 @@ def _suggest(name: str, classes: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _image_path(image: str, base: Path) -> str:
+    """A manifest row's image as a normalised path: absolute as given, else relative to ``base``."""
+    p = Path(image).expanduser()
+    return os.path.normpath(str(p if p.is_absolute() else base / p))
+
+
 def _build_split(split_name: str, path: Path, rows: list[_Row], classes: list[str], base: Path,
                  errors: list[str], class_source: str) -> MultiLabelSplit:
     index = {c: i for i, c in enumerate(classes)}
@@ -235,8 +241,7 @@ def _build_split(split_name: str, path: Path, rows: list[_Row], classes: list[st
                 labels[r, index[name]] = 1
             else:
                 errors.append(f"{where}: unknown label {name!r} (not in {class_source}){_suggest(name, classes)}")
-        p = Path(row.image).expanduser()
-        full = os.path.normpath(str(p if p.is_absolute() else base / p))
+        full = _image_path(row.image, base)
         if full in seen:
             errors.append(f"{where}: image {row.image!r} is listed twice in the {split_name} split (also line "
                           f"{seen[full]}); remove one of the two rows")
@@ -282,9 +287,7 @@ def read_manifest_images(path: PathLike, image_root: Optional[PathLike] = None) 
     if errors:
         raise DataError(_fmt_errors(errors, str(path)) + "\nFix these rows and run again.")
     base = (Path(image_root).expanduser() if image_root is not None else path.parent).absolute()
-    paths = [os.path.normpath(str(Path(r.image).expanduser() if Path(r.image).expanduser().is_absolute()
-                                  else base / r.image)) for r in rows]
-    return paths, [list(r.labels) for r in rows]
+    return [_image_path(r.image, base) for r in rows], [list(r.labels) for r in rows]
 
 
 def load_manifest_dataset(train: PathLike, test: PathLike, val: Optional[PathLike] = None,
