@@ -5,9 +5,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from lmpt.cli import main
 from lmpt.engine.config import builtin_config_names, load_config
+from lmpt.errors import ConfigError
 
 from engine_helpers import tiny_overrides
 
@@ -77,6 +79,13 @@ def test_builtin_configs_load_with_overrides():
     cfg = load_config("coco-lt-vitb16", ["data.root=/data/coco", "optim.lr=1e-3"])
     assert cfg.model.backbone == "ViT-B-16" and cfg.loss.db_preset == "coco-lt" and cfg.optim.lr == 1e-3
     assert cfg.optim.epochs == 50 and cfg.optim.batch_size == 64 and cfg.optim.momentum == 0.9
+    # one entry of a mapping-valued key; the other entries stay (the world config sets kappa, this adds neg_scale)
+    world = ["data.train=-", "data.test=-"]
+    base = load_config("world", world).loss.db
+    cfg = load_config("world", world + ["loss.db.neg_scale=4", "loss.db.kappa=0.05"])
+    assert cfg.loss.db == {**base, "neg_scale": 4, "kappa": 0.05}
+    with pytest.raises(ConfigError, match="kapa"):
+        load_config("world", world + ["loss.db.kapa=0.05"])
 
 
 def test_python_dash_m_entry_point():
@@ -185,3 +194,15 @@ def test_resume_refuses_changed_settings(tiny_data, tmp_path, capsys):
     # a new run into a folder that holds one is refused
     line = _one_line_error(capsys, ["train", "--name", "r"] + base)
     assert "already holds a run" in line
+
+
+def test_demo_passes_overrides_to_every_run(monkeypatch, capsys, tmp_path):
+    import lmpt.engine.demo as demo
+
+    started = {}
+    monkeypatch.setattr(demo, "run_demo", lambda **kw: started.update(kw))
+    assert main(["demo", "loss.db.kappa=0.05", "--out", str(tmp_path / "ref"), "optim.epochs=3"]) == 0
+    assert started["out_dir"] == str(tmp_path / "ref")
+    assert started["overrides"][:2] == ["loss.db.kappa=0.05", "optim.epochs=3"]
+    line = _one_line_error(capsys, ["demo", "kappa"])
+    assert "kappa" in line and "section.key=value" in line

@@ -61,3 +61,15 @@ def test_few_shot_curve_on_tiny_data(few_shot, tiny_data, tmp_path, capsys):
     assert 0 < last["zeroshot_val"] <= 100
     assert last["logit_scale"] == pytest.approx(float(prepared.backbone.model.logit_scale.exp()), abs=0.01)
     assert torch.is_tensor(prepared.features["train"])
+
+
+def test_caption_ambiguity_counts_captions_naming_the_same_classes():
+    spec = importlib.util.spec_from_file_location("bench_caption_ambiguity", SCRIPT.with_name("caption_ambiguity.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    singular = {"dog": "dog", "dogs": "dog", "cup": "cup", "cups": "cup"}
+    caps = ["two dogs", "a red dog.", "free hd photo - a dog and a cup", "cups and a dog", "a blue thing"]
+    keys = [module.named_classes(c, singular) for c in caps]
+    assert keys == [{"dog"}, {"dog"}, {"dog", "cup"}, {"dog", "cup"}, set()]
+    m = module.same_name_counts(keys, batch=5, batches=3)  # every batch is the whole list
+    assert sorted(m.tolist()) == [1] * 3 + [2] * 12

@@ -335,6 +335,7 @@ def test_demo_writes_summary(tmp_path):
                                           for s in (0, 1)])
     text = (out / "summary.md").read_text()
     assert "| lmpt |" in text and "selection: last" in text
+    assert "every run with optim.epochs=2 run.progress=false" in text and summary["overrides"][0] == "optim.epochs=2"
     # paired differences: every method against zero-shot, lmpt against coop-db, with intervals around them
     comparisons = on_disk["comparisons"]
     assert set(comparisons) == {"linear-probe - zeroshot", "coop - zeroshot", "coop-db - zeroshot",
@@ -346,3 +347,29 @@ def test_demo_writes_summary(tmp_path):
     assert "| lmpt - coop-db |" in text and (out / "world.yaml").is_file()
     assert (out / "README.md").is_file() and (out / "summary.png").is_file()
     assert summary["timing"]["total_s"] > 0
+
+
+def test_logit_scale_schedule_and_pretraining_follow_the_recipe(small_world, tmp_path):
+    from safetensors.torch import load_file
+
+    from lmpt.world.pretrain import logit_scale_at, pretrain_world_clip
+
+    assert logit_scale_at(0, 10, {}) is None and logit_scale_at(3, 10, {"logit_scale": 50}) == 50.0
+    ramp = {"logit_scale": 100.0, "logit_scale_start": 10.0, "logit_scale_ramp": 4}
+    # geometric: the log-scale moves by the same amount each step, log10(100 / 10) / 4 = 0.25
+    got = [logit_scale_at(s, 8, ramp) for s in range(8)]
+    want = [10 ** (1 + 0.25 * min(4, s + 1)) for s in range(8)]
+    assert np.allclose(got, want, rtol=1e-9)
+    full = [logit_scale_at(s, 5, {"logit_scale": 64.0, "logit_scale_start": 4.0}) for s in range(5)]
+    assert np.allclose(full, [4.0 * 16 ** ((s + 1) / 5) for s in range(5)]) and full[-1] == pytest.approx(64.0)
+
+    recipe = {"batch_size": 16, "warmup_steps": 1, "logit_scale": 80.0, "logit_scale_start": 20.0}
+    m = pretrain_world_clip(small_world, tmp_path / "r.safetensors", steps=3, seed=2, recipe=recipe, progress=False,
+                            eval_split=None)
+    state = load_file(str(tmp_path / "r.safetensors"))
+    assert float(state["logit_scale"].exp()) == pytest.approx(80.0, rel=1e-5)
+    assert m["logit_scale"] == pytest.approx(80.0, rel=1e-5)
+    learned = pretrain_world_clip(small_world, tmp_path / "l.safetensors", steps=3, seed=2, progress=False,
+                                  recipe={"batch_size": 16, "warmup_steps": 1, "logit_scale": None},
+                                  eval_split=None)
+    assert learned["logit_scale"] != pytest.approx(80.0, rel=1e-3) and learned["logit_scale"] > 1

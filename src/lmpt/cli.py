@@ -234,7 +234,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.classes < 2:
         raise UserError(f"--classes {args.classes}: the world needs at least 2 classes (20: VOC-LT-like, 80: COCO-LT-like)")
     run_demo(out_dir=args.out, quick=args.quick, world_seed=args.world_seed, num_classes=args.classes,
-             seeds=args.seeds, cache_dir=args.cache_dir, device=args.device)
+             seeds=args.seeds, cache_dir=args.cache_dir, device=args.device,
+             overrides=_overrides(argparse.Namespace(overrides=args.overrides)))
     return 0
 
 
@@ -349,6 +350,7 @@ def _demo_parser() -> _Parser:
     sp = _Parser(prog="lmpt demo", description="The offline benchmark: generated world, small CLIP, every method "
                                                 "x 3 seeds.")
     sp.add_argument("--quick", action="store_true", help="a smaller, faster version (< 2 min) for smoke tests")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings for every run (loss.db.kappa=0.05)")
     sp.add_argument("--out", default="lmpt-demo", help="output folder (default: ./lmpt-demo)")
     sp.add_argument("--world-seed", type=int, default=0)
     sp.add_argument("--classes", type=int, default=20, help="20: VOC-LT-like; 80: COCO-LT-like")

@@ -275,9 +275,13 @@ def _looks_like_float(text: str) -> bool:
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    """Apply ``section.key=value`` overrides to ``cfg`` (in place)."""
+    """Apply ``section.key=value`` overrides to ``cfg`` (in place); ``section.key.sub=value`` sets one entry of a
+    mapping-valued key (``loss.db.kappa=0.05``)."""
     for text in overrides:
         section, key, value = parse_override(text)
+        head, _, sub = key.partition(".")
+        if sub and section in SECTIONS and isinstance(getattr(getattr(cfg, section), head, None), dict):
+            key, value = head, {**getattr(getattr(cfg, section), head), sub: value}  # loss.db.kappa=0.05
         if _is_text_field(section, key) and value is not None and not isinstance(value, str):
             value = text.split("=", 1)[1].strip()  # keep names and paths verbatim ("nan", "1e3", "007")
         apply_dict(cfg, {section: {key: value}}, f"override '{text}'")

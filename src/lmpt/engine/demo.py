@@ -121,13 +121,15 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
              f"{100 * h['head']:.2f}  medium {100 * h['medium']:.2f}  tail {100 * h['tail']:.2f}")
 
     summary = run_sweep(cfg, methods, seed_list, out, prepared=prepared,
-                        title=f"lmpt demo: generated world ({num_classes} classes)", on_run=on_run)
+                        title=f"lmpt demo: generated world ({num_classes} classes)"
+                        + (f", every run with {' '.join(overrides)}" if overrides else ""), on_run=on_run)
     t_runs = time.perf_counter() - t0
 
     _say("[4/4] report")
     timing = {"world_s": round(t_world, 1), "features_s": round(t_feat, 1), "runs_s": round(t_runs, 1),
               "total_s": round(time.perf_counter() - t_start, 1)}
     summary["timing"] = timing
+    summary["overrides"] = list(overrides)
     summary["world"] = {"root": str(world.root), "classes": num_classes, "seed": world_seed, "quick": quick,
                         "clip": world.metadata.get("clip", {}), "config": str(out / "world.yaml")}
     atomic_write_json(out / "summary.json", summary)
@@ -159,6 +161,9 @@ def _write_demo_readme(out: Path, summary: dict[str, Any], quick: bool) -> None:
         "`world.yaml` for a config that trains on this world (`lmpt train world.yaml --method coop-db`).",
         "The project's docs/demo.md explains the world and what its numbers do and do not show.",
     ]
+    if summary.get("overrides"):
+        text += ["", "Settings changed for every run (`lmpt demo KEY=VALUE`): " + ", ".join(
+            f"`{o}`" for o in summary["overrides"]) + "."]
     if quick:
         text += ["", "**--quick**: a smaller world, a short pretraining and one seed: a smoke test, not a result."]
     atomic_write_text(out / "README.md", "\n".join(text) + "\n")
