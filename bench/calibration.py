@@ -20,18 +20,16 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from lmpt.calibration import (CALIBRATIONS, cross_validated_loss, decision_metrics,  # noqa: E402
-                              expected_calibration_error, fit_calibration)
+from lmpt.calibration import (CALIBRATIONS, cross_validated_loss, cross_validation_folds,  # noqa: E402
+                              decision_metrics, expected_calibration_error, fit_calibration)
 from lmpt.engine.data import prepare  # noqa: E402
 from lmpt.engine.inference import load_run  # noqa: E402
 
 
 def held_out_ece(logits: np.ndarray, labels: np.ndarray, method: str, folds: int, seed: int = 0) -> float:
-    order = np.random.default_rng(seed).permutation(len(logits))
     probs = np.zeros_like(logits, dtype=np.float64)
-    for k in range(folds):
-        test = order[k::folds]
-        cal = fit_calibration(logits[np.setdiff1d(order, test)], labels[np.setdiff1d(order, test)], method)
+    for train, test in cross_validation_folds(len(logits), folds, seed):
+        cal = fit_calibration(logits[train], labels[train], method)
         probs[test] = cal.probabilities(logits[test])
     return expected_calibration_error(probs, labels)
 
@@ -54,12 +52,9 @@ def main() -> None:
                           "held_out_ece": round(held_out_ece(logits, labels, method, args.folds), 4),
                           "folds": args.folds, "val_images": len(logits), "run": str(args.run_dir)}), flush=True)
     best = min(scores, key=scores.get)
-    order = np.random.default_rng(0).permutation(len(logits))
     for beta in (2.0, 1.0, 0.7, 0.5, 0.3):
         rows = []
-        for k in range(args.folds):
-            test = order[k::args.folds]
-            train = np.setdiff1d(order, test)
+        for train, test in cross_validation_folds(len(logits), args.folds):
             cal = fit_calibration(logits[train], labels[train], best, beta=beta)
             m = decision_metrics(cal.probabilities(logits[test]), labels[test], cal.thresholds)
             rows.append((m["labels_per_image"] / m["true_labels_per_image"], m["OF1"], m["CF1"]))

@@ -141,7 +141,7 @@ def train_coop(cfg: Config, view: Prepared, epochs: int, optim: dict, device: to
 def zeroshot_scores(cfg: Config, prepared: Prepared) -> dict:
     """The demo's zero-shot row on the cached features (``run.templates`` prompts, matched protocol)."""
     text = zeroshot_text_features(prepared.backbone, prepared.class_names, cfg.run.templates)
-    scale = float(prepared.backbone.model.logit_scale.detach().exp())
+    scale = prepared.backbone.logit_scale
     logits = {s: logits_from_features(prepared.features[s], text, scale) for s in ("val", "test")}
     return evaluate_splits(prepared.dataset, logits.get, ("val", "test"), quiet=True)
 
@@ -187,7 +187,7 @@ def few_shot_curve(cfg: Config, prepared: Prepared, pool: MultiLabelSplit, pool_
     out(figure="few_shot_summary", method=cfg.run.method, class_specific=bool(cfg.model.class_specific),
         seeds=list(seeds), zeroshot_test=round(100 * zs["test"]["softmax"]["total"], 2),
         gain_std={k: round(float(np.std(v)), 2) for k, v in gains.items()})
-    scale = float(prepared.backbone.model.logit_scale.detach().exp())
+    scale = prepared.backbone.logit_scale
     return {"figure": "few_shot_curve", "zeroshot_val": round(zeroshot_val, 2),
             "gain": {k: round(float(np.mean(v)), 2) for k, v in gains.items()}, "logit_scale": round(scale, 2)}
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lmpt.data.features import PreprocessConfig
-from lmpt.data.images import build_transform, load_image
+from lmpt.data.images import load_image, transform_from_signature
 from lmpt.engine.config import Config
 from lmpt.engine.data import Prepared, caption_embeddings
 from lmpt.engine.builders import build_loss, build_prompt_model
@@ -45,7 +45,7 @@ def reference_style_run(cfg: Config, prepared: Prepared, epochs: int, device: to
     cap_emb = caps.embeddings.to(device) if caps is not None else None
     cap_mask = caps.mask.to(device) if caps is not None else None
     sig = PreprocessConfig(mode=cfg.data.preprocess).resolve(prepared.backbone)
-    transform = build_transform(sig["mode"], sig["image_size"], sig["mean"], sig["std"], sig["interpolation"])
+    transform = transform_from_signature(sig)
     ds = prepared.dataset
     train = ds.train
     labels = torch.as_tensor(train.labels, dtype=torch.float32)

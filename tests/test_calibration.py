@@ -140,3 +140,16 @@ def test_cross_validated_loss_prefers_a_calibrated_map(scores):
     assert np.isfinite(cross_validated_loss(z[:, :3], y[:, :3], "platt", folds=3))
     with pytest.raises(ValueError, match="calibration method"):
         fit_calibration(z, y, "isotonic")
+
+
+def test_cross_validation_folds_partition_the_rows():
+    from lmpt.calibration import cross_validation_folds
+
+    folds = list(cross_validation_folds(23, folds=5, seed=3))
+    assert len(folds) == 5
+    tests = np.concatenate([test for _, test in folds])
+    assert sorted(tests.tolist()) == list(range(23))  # every row held out exactly once
+    for train, test in folds:
+        assert set(train.tolist()) | set(test.tolist()) == set(range(23)) and not set(train) & set(test)
+    again = [test.tolist() for _, test in cross_validation_folds(23, folds=5, seed=3)]
+    assert again == [test.tolist() for _, test in folds]

@@ -82,6 +82,11 @@ class CLIPBackbone:
         proj = self.model.text_projection
         return int(proj.weight.shape[0] if isinstance(proj, nn.Linear) else proj.shape[1])
 
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's logit scale, ``exp(model.logit_scale)``: the factor on cosine similarities (100 for OpenAI's)."""
+        return float(self.model.logit_scale.detach().exp())
+
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable identity, stored with runs, checkpoints and caches."""
         return {"model": self.model_name, "pretrained": self.pretrained, "fingerprint": self.fingerprint,

@@ -29,13 +29,12 @@ class ExportedClassifier:
     """A loaded ``lmpt export`` file: preprocessing, the traced model and its decisions."""
 
     def __init__(self, module: torch.jit.ScriptModule, meta: dict[str, Any], device: Union[str, torch.device] = "cpu"):
-        from .data.images import build_transform
+        from .data.images import transform_from_signature
 
         self.module, self.meta, self.device = module, meta, torch.device(device)
         self.class_names: list[str] = list(meta["class_names"])
         self.thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
-        pre = meta["preprocess"]
-        self.transform = build_transform(pre["mode"], pre["image_size"], pre["mean"], pre["std"], pre["interpolation"])
+        self.transform = transform_from_signature(meta["preprocess"])
 
     @torch.no_grad()
     def logits_and_probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

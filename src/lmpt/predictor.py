@@ -143,6 +143,7 @@ def predict_paths(scorer: Scorer, inputs: Union[Inputs, Sequence[str]], threshol
     if not isinstance(inputs, Inputs):
         inputs = Inputs([str(p) for p in inputs])
     names = list(scorer.class_names)
+    thresholds = np.asarray(scorer.thresholds)
     loader = torch.utils.data.DataLoader(_Images(inputs.paths, scorer.transform), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate)
     result = PredictResult([])
@@ -158,7 +159,7 @@ def predict_paths(scorer: Scorer, inputs: Union[Inputs, Sequence[str]], threshol
         if good:
             probs = scorer.probabilities(torch.stack([x for _, x in good]))
             for (i, _), p in zip(good, probs):
-                chosen = choose(p, np.asarray(scorer.thresholds), threshold, top_k)
+                chosen = choose(p, thresholds, threshold, top_k)
                 true = inputs.labels[i] if inputs.labels is not None else None
                 result.predictions.append(Prediction(inputs.paths[i], [(names[c], float(p[c])) for c in chosen],
                                                      {n: float(v) for n, v in zip(names, p)}, true))

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence, Union
 import torch
 
 from ..errors import ConfigError
-from .images import _INTERPOLATIONS, PREPROCESSING, build_transform, load_image
+from .images import _INTERPOLATIONS, PREPROCESSING, load_image, transform_from_signature
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,7 @@ class FileBytesDataset(torch.utils.data.Dataset):
 
 
 def _pil_tensor(path: str, signature: dict) -> torch.Tensor:
-    return build_transform(signature["mode"], signature["image_size"], signature["mean"], signature["std"],
-                           signature["interpolation"])(load_image(path))
+    return transform_from_signature(signature)(load_image(path))
 
 
 def collate_payloads(batch):

@@ -39,7 +39,7 @@ from ..precision import autocast, resolve_precision
 from ..progress import progress as progress_bar
 from .dataset import MultiLabelSplit
 from .decode import BatchDecoder, FileBytesDataset, collate_payloads, prefetched, resolve_decoder
-from .images import ImageListDataset, build_transform, transform_signature
+from .images import ImageListDataset, transform_from_signature, transform_signature
 
 logger = logging.getLogger(__name__)
 
@@ -231,15 +231,13 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
     With a torchvision decoder the workers only read the files and the batches are decoded and
     preprocessed on the encoder's device, the next one while the current one is encoded.
     """
-
     model = backbone.model.to(device).eval()
     order = [i for _, start, stop in chunks for i in range(start, stop)]
     total = len(order)
     load_bs = max(1, min(32, batch_size))
     workers = num_workers if total > 64 else 0
     if decoder == "pil":
-        transform = build_transform(signature["mode"], signature["image_size"], signature["mean"],
-                                    signature["std"], signature["interpolation"])
+        transform = transform_from_signature(signature)
         loader = DataLoader(torch.utils.data.Subset(ImageListDataset(split.paths, transform), order),
                             batch_size=load_bs, shuffle=False, num_workers=workers,
                             pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)

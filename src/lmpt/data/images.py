@@ -139,6 +139,12 @@ def transform_signature(mode: str, image_size: int = 224, mean: Optional[Sequenc
     }
 
 
+def transform_from_signature(signature: dict, flip: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+    """:func:`build_transform` for a resolved preprocessing description (:func:`transform_signature`'s keys)."""
+    return build_transform(signature["mode"], signature["image_size"], signature["mean"], signature["std"],
+                           signature["interpolation"], flip=flip)
+
+
 class ImageListDataset(torch.utils.data.Dataset):
     """``(index, tensor)`` for each path; usable from DataLoader worker processes.
 

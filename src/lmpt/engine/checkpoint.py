@@ -49,7 +49,7 @@ def classifier_meta(cfg: "Config", prepared: "Prepared", kind: str, calibration:
     """The metadata a classifier file carries: backbone, class names, config, preprocessing and calibration."""
     meta = {"backbone": prepared.backbone.describe(), "class_names": prepared.dataset.class_names,
             "config": cfg.to_dict(), "method": cfg.run.method, "kind": kind,
-            "logit_scale": float(prepared.backbone.model.logit_scale.detach().exp()),
+            "logit_scale": prepared.backbone.logit_scale,
             "preprocess": cfg.data.preprocess, "calibration": calibration.to_dict()}
     meta.update(extra)
     return meta
@@ -92,14 +92,15 @@ def check_compatible(meta: dict[str, Any], class_names: Optional[Sequence[str]],
                      source: Union[str, Path]) -> None:
     """Refuse a checkpoint whose classes (unless ``class_names`` is None) or backbone differ from what it is used with."""
     saved = list(meta.get("class_names", []))
-    if class_names is not None and len(saved) != len(class_names):
-        raise CheckpointError(f"{source} was trained for {len(saved)} classes but the data has {len(class_names)}; "
-                              "use the data set (and class list) the prompt was trained on")
-    elif class_names is not None and saved != list(class_names):
-        diff = [(i, a, b) for i, (a, b) in enumerate(zip(saved, class_names)) if a != b][:3]
-        detail = ", ".join(f"#{i}: '{a}' vs '{b}'" for i, a, b in diff)
-        raise CheckpointError(f"{source}: class names differ from the data's ({detail}); "
-                              "use the same class list and data.class_names setting as in training")
+    if class_names is not None:
+        if len(saved) != len(class_names):
+            raise CheckpointError(f"{source} was trained for {len(saved)} classes but the data has "
+                                  f"{len(class_names)}; use the data set (and class list) the prompt was trained on")
+        if saved != list(class_names):
+            diff = [(i, a, b) for i, (a, b) in enumerate(zip(saved, class_names)) if a != b][:3]
+            detail = ", ".join(f"#{i}: '{a}' vs '{b}'" for i, a, b in diff)
+            raise CheckpointError(f"{source}: class names differ from the data's ({detail}); "
+                                  "use the same class list and data.class_names setting as in training")
     bb = meta.get("backbone", {})
     if bb.get("model") != backbone.model_name or bb.get("fingerprint") != backbone.fingerprint:
         raise CheckpointError(

@@ -315,7 +315,6 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
 
 def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> Config:
     """Rebuild a config saved with a run (``Config.to_dict``), then apply ``overrides``; validated."""
-
     cfg = apply_dict(Config(), copy.deepcopy(data), "saved config")
     apply_overrides(cfg, overrides)
     validate(cfg)

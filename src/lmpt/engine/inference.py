@@ -17,7 +17,7 @@ import torch
 from ..backbone import create_clip
 from ..calibration import Calibration
 from ..data.features import PreprocessConfig
-from ..data.images import build_transform
+from ..data.images import transform_from_signature
 from ..errors import UserError
 from ..io import atomic_write_json
 from ..model import LinearProbe, PromptCLIP
@@ -49,7 +49,7 @@ class Classifier(torch.nn.Module):
         self.calibrated = bool(meta.get("calibration"))  # files from before calibration: sigmoid and 0.5
         self.calibration = Calibration.from_dict(meta["calibration"]) if self.calibrated \
             else Calibration.identity(len(self.class_names))
-        scale = float(backbone.model.logit_scale.detach().exp())
+        scale = backbone.logit_scale
         with torch.no_grad():
             if self.kind == "probe":
                 probe = LinearProbe(backbone.embed_dim, len(self.class_names), scale)
@@ -76,7 +76,6 @@ class Classifier(torch.nn.Module):
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.model.encode_image(images.to(self.weight.device))
-
 
 
 @dataclass
@@ -137,8 +136,7 @@ class RunScorer:
             logger.warning("this classifier file has no calibration (written by an older lmpt): scores are "
                            "sigmoid(logit) and the threshold 0.5; re-run `lmpt train` for calibrated decisions")
         self.thresholds = np.asarray(self.model.calibration.thresholds)
-        sig = preprocess_signature(run.meta, self.model.backbone)
-        self.transform = build_transform(sig["mode"], sig["image_size"], sig["mean"], sig["std"], sig["interpolation"])
+        self.transform = transform_from_signature(preprocess_signature(run.meta, self.model.backbone))
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:

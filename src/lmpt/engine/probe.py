@@ -32,7 +32,7 @@ class ProbeTrainer:
         self.device = device
         ds = prepared.dataset
         backbone = prepared.backbone
-        scale = float(backbone.model.logit_scale.detach().exp())
+        scale = backbone.logit_scale
         init = None
         if cfg.probe.init == "zeroshot":
             init = zeroshot_text_features(backbone, ds.class_names, cfg.run.templates, device="cpu")

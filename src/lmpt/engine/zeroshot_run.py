@@ -77,7 +77,7 @@ def run_zeroshot(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.d
         selection = f"none (zero-shot, templates: {templates})"
     text = zeroshot_text_features(backbone, names, templates, device=device)
     backbone.model.to("cpu")
-    scale = float(backbone.model.logit_scale.detach().exp())
+    scale = backbone.logit_scale
     logits = {s: logits_from_features(features[s], text.cpu(), scale) for s in ("test", "val")
               if features.get(s) is not None and getattr(dataset, s) is not None}
     results = evaluate_splits(dataset, logits.get)
