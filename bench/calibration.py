@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +22,31 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from lmpt.calibration import (CALIBRATIONS, cross_validated_loss, cross_validation_folds,  # noqa: E402
-                              decision_metrics, expected_calibration_error, fit_calibration)
-from lmpt.engine.data import prepare  # noqa: E402
-from lmpt.engine.inference import load_run  # noqa: E402
+from lmpt.calibration import (CALIBRATIONS, decision_metrics, expected_calibration_error,  # noqa: E402
+                              fit_calibration)
+from lmpt.engine.prepared import prepare  # noqa: E402
+from lmpt.engine.use.inference import load_run  # noqa: E402
+
+
+def cross_validation_folds(n: int, folds: int = 5, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` row indices of ``folds``-fold cross-validation over ``n`` rows in a seeded random order."""
+    order = np.random.default_rng(seed).permutation(n)
+    for k in range(folds):
+        test = order[k::folds]
+        yield np.setdiff1d(order, test), test
+
+
+def cross_validated_loss(logits: np.ndarray, labels: np.ndarray, method: str, folds: int = 5,
+                         min_positives: int = 5, seed: int = 0) -> float:
+    """Mean held-out cross-entropy (true labels) of ``method`` in ``folds``-fold cross-validation over images."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels) > 0
+    losses = []
+    for train, test in cross_validation_folds(len(z), folds, seed):
+        cal = fit_calibration(z[train], y[train], method, min_positives=min_positives)
+        p = np.clip(cal.probabilities(z[test]), 1e-12, 1 - 1e-12)
+        losses.append(-(y[test] * np.log(p) + (~y[test]) * np.log(1 - p)).mean())
+    return float(np.mean(losses)) if losses else math.nan
 
 
 def held_out_ece(logits: np.ndarray, labels: np.ndarray, method: str, folds: int, seed: int = 0) -> float:

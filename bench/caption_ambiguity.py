@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--batches", type=int, default=200)
     args = ap.parse_args()
-    from lmpt.engine.demo import build_demo_world
+    from lmpt.engine.studies.demo import build_demo_world
     from lmpt.world.vocab import plural, pool_words
 
     world = build_demo_world(20, 0, cache_dir=args.cache_dir, progress=False)

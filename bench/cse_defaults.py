@@ -25,11 +25,10 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from lmpt.engine.config import load_config  # noqa: E402
-from lmpt.engine.data import prepare  # noqa: E402
-from lmpt.engine.demo import build_demo_world, world_overrides  # noqa: E402
-from lmpt.engine.methods import resolve_method  # noqa: E402
-from lmpt.engine.prompt_task import PromptTrainer  # noqa: E402
-from lmpt.engine.run import run  # noqa: E402
+from lmpt.engine.prepared import prepare  # noqa: E402
+from lmpt.engine.studies.demo import build_demo_world, world_overrides  # noqa: E402
+from lmpt.engine.train.prompt import PromptTrainer  # noqa: E402
+from lmpt.engine.train.run import run  # noqa: E402
 
 BASELINES = ("coop", "coop-db")
 # Controls: coop-db with its learning rate scaled as lam scales the DB term inside lmpt (0.5 and 0.2 x 5e-4),
@@ -86,7 +85,7 @@ def run_specs(specs: list[dict], seeds: list[int], base: list[str], prepared) ->
             row = {"variant": spec, "seed": seed, **{k: round(100 * last[f"val_{k}"], 2)
                                                    for k in ("total", "head", "medium", "tail")}}
             if spec["run.method"] == "lmpt":
-                row.update({k: float(f"{v:.3g}") for k, v in gradient_norms(resolve_method(cfg), prepared).items()})
+                row.update({k: float(f"{v:.3g}") for k, v in gradient_norms(cfg, prepared).items()})
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows

@@ -62,13 +62,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from lmpt.data.dataset import MultiLabelSplit  # noqa: E402
-from lmpt.engine.builders import build_optimizer  # noqa: E402
+from lmpt.engine.train.builders import build_optimizer  # noqa: E402
 from lmpt.engine.config import Config  # noqa: E402
-from lmpt.engine.data import Prepared  # noqa: E402
-from lmpt.engine.evaluate import evaluate_splits, logits_from_features  # noqa: E402
-from lmpt.engine.methods import resolve_method  # noqa: E402
-from lmpt.engine.prompt_task import PromptTrainer  # noqa: E402
-from lmpt.engine.step import make_step  # noqa: E402
+from lmpt.engine.prepared import Prepared  # noqa: E402
+from lmpt.engine.rundir.scoring import score_splits, logits_from_features  # noqa: E402
+from lmpt.engine.train.prompt import PromptTrainer  # noqa: E402
+from lmpt.engine.train.step import make_step  # noqa: E402
 from lmpt.zeroshot import zeroshot_text_features  # noqa: E402
 
 SHOTS = (1, 2, 4, 8, 16)
@@ -133,7 +132,7 @@ def train_coop(cfg: Config, view: Prepared, epochs: int, optim: dict, device: to
         losses.append(float(stats[:, 0].mean()))
         if not math.isfinite(losses[-1]):
             raise RuntimeError(f"non-finite loss at epoch {epoch + 1}")
-    results = evaluate_splits(view.dataset, trainer.logits, ("val", "test"), quiet=True)
+    results = score_splits(view.dataset, trainer.logits, ("val", "test"), quiet=True)
     return {"val": results["val"], "test": results["test"], "steps": steps * epochs, "first_loss": losses[0],
             "last_loss": losses[-1]}
 
@@ -143,7 +142,7 @@ def zeroshot_scores(cfg: Config, prepared: Prepared) -> dict:
     text = zeroshot_text_features(prepared.backbone, prepared.class_names, cfg.run.templates)
     scale = prepared.backbone.logit_scale
     logits = {s: logits_from_features(prepared.features[s], text, scale) for s in ("val", "test")}
-    return evaluate_splits(prepared.dataset, logits.get, ("val", "test"), quiet=True)
+    return score_splits(prepared.dataset, logits.get, ("val", "test"), quiet=True)
 
 
 def few_shot_curve(cfg: Config, prepared: Prepared, pool: MultiLabelSplit, pool_features: torch.Tensor,
@@ -156,7 +155,6 @@ def few_shot_curve(cfg: Config, prepared: Prepared, pool: MultiLabelSplit, pool_
     ``cfg`` names the method (its model and loss sections are used; ``optim`` replaces its optimiser with
     :data:`COOP_OPTIM`'s keys, ``epochs`` maps k to epochs, default :data:`COOP_EPOCHS`).
     """
-    cfg = resolve_method(cfg)
     optim = {**COOP_OPTIM, **(optim or {})}
     epochs = {**COOP_EPOCHS, **(epochs or {})}
     device = device or torch.device("cpu")
@@ -259,8 +257,8 @@ def main() -> None:
 
     from lmpt.data.manifest import load_manifest_split
     from lmpt.engine.config import load_config
-    from lmpt.engine.data import prepare, split_features
-    from lmpt.engine.demo import build_demo_world, world_overrides
+    from lmpt.engine.prepared import prepare, split_features
+    from lmpt.engine.studies.demo import build_demo_world, world_overrides
 
     world = build_demo_world(20, 0, cache_dir=args.cache_dir, progress=False)
     overrides = world_overrides(world) + ["run.method=coop", "run.device=cpu", "run.progress=false",

@@ -7,7 +7,7 @@ official VOC-LT lists; bench/voc_like.py), then for each backbone (random-init R
   1. ``extraction_images_per_s`` with ``decode=cpu`` (PIL in DataLoader workers) and ``decode=gpu``
      (torchvision's nvJPEG, batches, resize on the GPU): every split of the run (train plain + mirrored,
      val, test), cold cache, backbone already built; and ``decode_feature_difference`` between the two;
-  2. ``full_run_s``: ``lmpt.engine.run.run`` from a cold feature cache with lmpt's defaults (``data.decode=auto``,
+  2. ``full_run_s``: ``lmpt.engine.train.run.run`` from a cold feature cache with lmpt's defaults (``data.decode=auto``,
      i.e. GPU decoding): backbone, extraction, 50 epochs (validation every epoch), final evaluation, run files;
   3. ``step_ms``: the training step (batch 64, CSE on), median of ``--steps`` single steps and back to back:
      CUDA graph with the end-of-text-only last block (lmpt's default), CUDA graph with the full last block, eager;
@@ -62,7 +62,7 @@ def emit(**fields) -> None:
 def step_times(trainer, optimizer, steps: int, graphs: bool) -> tuple[list[float], float]:
     import torch
 
-    from lmpt.engine.step import make_step
+    from lmpt.engine.train.step import make_step
 
     n = trainer.train_feats.shape[0]
     bs = trainer.cfg.optim.batch_size
@@ -92,7 +92,8 @@ def extraction(cfg, backbone, dataset, device, decode: str, cache_dir: Path):
     """Every split of a run, cold cache, with one decoder; returns (seconds, images, encoder passes, features)."""
     import torch
 
-    from lmpt.data.features import PreprocessConfig, extract_features
+    from lmpt.data.features import extract_features
+    from lmpt.data.images import PreprocessConfig
 
     d = cfg.data
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -116,12 +117,12 @@ def extraction(cfg, backbone, dataset, device, decode: str, cache_dir: Path):
 def check_backbone(name: str, args, data: dict, work: Path, device, workers: int) -> None:
     import torch
 
-    import lmpt.engine.prompt_task as prompt_task
+    import lmpt.engine.train.prompt as prompt_task
     from lmpt.engine.config import load_config
-    from lmpt.engine.data import Prepared, backbone_from_config, dataset_from_config
-    from lmpt.engine.evaluate import evaluate_splits
-    from lmpt.engine.prompt_task import PromptTrainer
-    from lmpt.engine.run import run as train
+    from lmpt.engine.prepared import Prepared, backbone_from_config, dataset_from_config
+    from lmpt.engine.rundir.scoring import score_splits
+    from lmpt.engine.train.prompt import PromptTrainer
+    from lmpt.engine.train.run import run as train
     from lmpt.prompts import encode_token_embeddings
     from reference_loop import reference_style_run
 
@@ -166,7 +167,7 @@ def check_backbone(name: str, args, data: dict, work: Path, device, workers: int
          note="random-init CLIP: mAP is not meaningful")
 
     # 3. training step: CUDA graph with the EOT-only last block (default), CUDA graph with the full last block, eager
-    from lmpt.engine.data import prepare
+    from lmpt.engine.prepared import prepare
 
     prepared = prepare(cfg, device)  # features from the cache the full run wrote
     variants = [("graph", True, True), ("graph", True, False), ("eager", False, True)] if cuda else \
@@ -191,9 +192,9 @@ def check_backbone(name: str, args, data: dict, work: Path, device, workers: int
 
     # 4. evaluation: text features once, score the cached test features, AP
     trainer = PromptTrainer(cfg, prepared, device)
-    evaluate_splits(prepared.dataset, trainer.logits, ("test",))
+    score_splits(prepared.dataset, trainer.logits, ("test",))
     t0 = time.perf_counter()
-    evaluate_splits(prepared.dataset, trainer.logits, ("test",))
+    score_splits(prepared.dataset, trainer.logits, ("test",))
     emit(figure="evaluation_s", backbone=name, test_images=len(prepared.dataset.test),
          value=round(time.perf_counter() - t0, 3))
     del trainer

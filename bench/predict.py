@@ -30,12 +30,12 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from lmpt.backbone import create_clip  # noqa: E402
 from lmpt.calibration import fit_calibration  # noqa: E402
 from lmpt.data.manifest import read_manifest_images  # noqa: E402
-from lmpt.engine.checkpoint import ZEROSHOT_FILE, save_weights  # noqa: E402
+from lmpt.engine.rundir.checkpoint import ZEROSHOT_FILE, save_weights  # noqa: E402
 from lmpt.engine.config import load_config  # noqa: E402
-from lmpt.engine.demo import build_demo_world  # noqa: E402
-from lmpt.engine.export import export_run  # noqa: E402
-from lmpt.engine.inference import load_run, predict_images  # noqa: E402
-from lmpt.exported import load_classifier  # noqa: E402
+from lmpt.engine.studies.demo import build_demo_world  # noqa: E402
+from lmpt.engine.use.export import export_run  # noqa: E402
+from lmpt.engine.use.inference import load_run, predict_images  # noqa: E402
+from lmpt.deploy import load_classifier  # noqa: E402
 
 
 def emit(**fields) -> None:

@@ -1,6 +1,7 @@
 """A reference-style training loop, written to time what the LMPT reference code does per run.
 
-What it reproduces (METHOD.md section 8), on the same data, model and losses as lmpt's path:
+What it reproduces (the reference's per-run work that docs/speed.md, "What makes lmpt fast", removes), on the
+same data, model and losses as lmpt's path:
   * images decoded and encoded by the frozen image encoder at every step (batch 64, random flip),
     data loading in the main process (``num_workers=0``);
   * the text encoder run on the full context (77 tokens for OpenAI CLIP) for every step;
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmpt.data.features import PreprocessConfig
-from lmpt.data.images import load_image, transform_from_signature
+from lmpt.data.images import PreprocessConfig, load_image, transform_from_signature
 from lmpt.engine.config import Config
-from lmpt.engine.data import Prepared, caption_embeddings
-from lmpt.engine.builders import build_loss, build_prompt_model
+from lmpt.engine.prepared import Prepared, caption_embeddings
+from lmpt.engine.train.builders import build_prompt_model
+from lmpt.engine.train.loss import resolve_loss
 from lmpt.metrics import average_precision
 from lmpt.precision import autocast
 from lmpt.prompts import encode_token_embeddings
@@ -38,7 +39,7 @@ def reference_style_run(cfg: Config, prepared: Prepared, epochs: int, device: to
     time of every batch.
     """
     model = build_prompt_model(cfg, prepared.backbone, prepared.class_names, device)
-    loss_fn = build_loss(cfg, prepared.dataset).to(device)
+    loss_fn = resolve_loss(cfg, prepared.dataset).build(prepared.dataset).to(device)
     pl = model.prompt_learner
     full = pl.context_length
     caps = caption_embeddings(cfg, prepared, length=full) if loss_fn.cse_loss is not None else None

@@ -18,7 +18,7 @@ CPU; every part is timed on a piece and extrapolated by count:
   the first ``--rn50-extract`` training rows (plain + mirrored, one decode each) and as many test rows
   (plain); seconds per image of each kind x (1,028 training images) and x (114 val + 4,952 test images).
   Worker start-up and the first batch are inside the timed piece, so this over-estimates lmpt.
-* lmpt training + evaluation: ``lmpt.engine.run.run`` (the real loop: steps, validation every epoch,
+* lmpt training + evaluation: ``lmpt.engine.train.run.run`` (the real loop: steps, validation every epoch,
   final evaluation, run files) with ``optim.epochs=1`` on random features of the full VOC-LT shape; its
   training time (17 steps + one validation pass, the first step's warm-up included) x 50 epochs, plus its
   final evaluation and its set-up/writing time once.
@@ -57,9 +57,9 @@ sys.path.insert(0, str(HERE))
 
 from lmpt.data.features import default_num_workers  # noqa: E402
 from lmpt.engine.config import load_config  # noqa: E402
-from lmpt.engine.data import Prepared, backbone_from_config, dataset_from_config, prepare, split_features  # noqa: E402
-from lmpt.engine.demo import build_demo_world, world_overrides  # noqa: E402
-from lmpt.engine.run import run as train  # noqa: E402
+from lmpt.engine.prepared import Prepared, backbone_from_config, dataset_from_config, prepare, split_features  # noqa: E402
+from lmpt.engine.studies.demo import build_demo_world, world_overrides  # noqa: E402
+from lmpt.engine.train.run import run as train  # noqa: E402
 from reference_loop import reference_style_run  # noqa: E402
 from voc_like import build_data  # noqa: E402
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from lmpt.engine.config import load_config  # noqa: E402
-from lmpt.engine.data import prepare  # noqa: E402
-from lmpt.engine.demo import build_demo_world, world_overrides  # noqa: E402
+from lmpt.engine.prepared import prepare  # noqa: E402
+from lmpt.engine.studies.demo import build_demo_world, world_overrides  # noqa: E402
 from lmpt.metrics import average_precision, scores_from_logits  # noqa: E402
 from lmpt.model import PromptCLIP  # noqa: E402
 from lmpt.zeroshot import zeroshot_text_features  # noqa: E402

@@ -197,7 +197,7 @@ def test_resume_refuses_changed_settings(tiny_data, tmp_path, capsys):
 
 
 def test_demo_passes_overrides_to_every_run(monkeypatch, capsys, tmp_path):
-    import lmpt.engine.demo as demo
+    import lmpt.engine.studies.demo as demo
 
     started = {}
     monkeypatch.setattr(demo, "run_demo", lambda **kw: started.update(kw))
@@ -206,3 +206,30 @@ def test_demo_passes_overrides_to_every_run(monkeypatch, capsys, tmp_path):
     assert started["overrides"][:2] == ["loss.db.kappa=0.05", "optim.epochs=3"]
     line = _one_line_error(capsys, ["demo", "kappa"])
     assert "kappa" in line and "section.key=value" in line
+
+
+def test_only_user_errors_become_one_line(monkeypatch, capsys):
+    """A UserError is the user's mistake: one line, exit 2. Anything else is a bug and keeps its traceback."""
+    import lmpt.cli as cli
+
+    def bad_input(args):
+        raise ConfigError("optim.lr=-1: must be a number > 0")
+
+    def bug(args):
+        raise ValueError("shape mismatch inside the loss")
+
+    name, make, _ = cli.COMMANDS["eval"]
+    monkeypatch.setitem(cli.COMMANDS, "eval", (name, make, bad_input))
+    assert main(["eval", "somewhere"]) == 2
+    assert capsys.readouterr().err.strip() == "error: optim.lr=-1: must be a number > 0"
+    monkeypatch.setitem(cli.COMMANDS, "eval", (name, make, bug))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        main(["eval", "somewhere"])
+
+
+def test_data_group_help(capsys):
+    assert main(["data", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "check" in out and "features" in out
+    assert main(["data"]) == 2
+    assert "needs an action" in capsys.readouterr().err

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from lmpt.engine.compare import comparison_table, default_pairs, paired_differences, save_test_logits
+from lmpt.engine.rundir.layout import RunLayout
+from lmpt.engine.rundir.outputs import save_test_logits
+from lmpt.engine.studies.compare import comparison_table, default_pairs, paired_differences
 from lmpt.metrics import scores_from_logits
 
 
@@ -27,7 +29,7 @@ def test_paired_bootstrap_matches_explicit_resampling(tmp_path):
         for s in range(seeds):
             d = tmp_path / f"{method}-{s}"
             d.mkdir()
-            save_test_logits(d, labels * 2.0 + rng.normal(0, noise, (n, c)))
+            save_test_logits(RunLayout(d), labels * 2.0 + rng.normal(0, noise, (n, c)))
             runs[method].append(d)
     out = paired_differences(runs, labels, freq, [("lmpt", "zeroshot")], n_boot=50, seed=3)
     entry = out["lmpt - zeroshot"]
@@ -57,9 +59,9 @@ def test_identical_methods_differ_by_zero_and_subsets_are_paired(tmp_path):
     logits = rng.normal(size=(40, 3))
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    save_test_logits(a, logits)
+    save_test_logits(RunLayout(a), logits)
     keep = np.arange(5, 40)  # b scored only rows 5..39 (e.g. labelled images): compared on those
-    save_test_logits(b, logits[keep], rows=keep)
+    save_test_logits(RunLayout(b), logits[keep], rows=keep)
     out = paired_differences({"x": [a], "y": [b]}, labels, [100, 50, 5], [("x", "y")], n_boot=30)
     e = out["x - y"]
     assert e["images"] == 35

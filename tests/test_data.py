@@ -18,7 +18,7 @@ from lmpt.data.dataset import MultiLabelSplit
 from lmpt.data.images import ImageListDataset, build_transform, load_image, transform_signature
 from lmpt.data.manifest import load_manifest_dataset, write_manifest
 from lmpt.data.splits import split_train_val
-from lmpt.errors import DataError, UserError
+from lmpt.errors import ConfigError, DataError, UserError
 
 VOC_FREQ = [6, 34, 8, 14, 154, 17, 249, 29, 479, 4, 240, 48, 11, 20, 775, 100, 5, 82, 7, 64]
 
@@ -329,7 +329,7 @@ def test_transforms(tmp_path):
     assert np.allclose(ref.permute(1, 2, 0).numpy(), expected, atol=1e-4)
     assert transform_signature("clip", 224)["mean"][0] == pytest.approx(0.48145466)
     assert transform_signature("reference", 224)["interpolation"] == "bilinear"
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         build_transform("random", 32)
 
     paths = [write_image(tmp_path / f"{i}.jpg", size=20, seed=i) for i in range(3)]
@@ -352,7 +352,7 @@ def test_transforms(tmp_path):
 def test_reproduce_configs_train_on_the_whole_list_with_the_references_names(voc_root, coco_root):
     """voc-lt-*/coco-lt-*: all 1,142 / 1,909 train images, no validation split, the reference's prompt names."""
     from lmpt.engine.config import load_config
-    from lmpt.engine.data import dataset_from_config
+    from lmpt.engine.prepared import dataset_from_config
 
     for name, root, n_train in (("voc-lt-rn50", voc_root, 1142), ("coco-lt-vitb16", coco_root, 1909)):
         cfg = load_config(name, [f"data.root={root}"])

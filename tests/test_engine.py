@@ -10,17 +10,12 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from lmpt.engine.checkpoint import load_weights
-from lmpt.engine.config import load_config
-from lmpt.engine.data import prepare
-from lmpt.engine.inference import evaluate_run, load_run, predict_images
-from lmpt.engine.loop import TrainingError
-from lmpt.engine.methods import resolve_method
-from lmpt.engine.outputs import ORACLE_LABEL
-from lmpt.engine.prompt_task import PromptTrainer
-from lmpt.engine.run import run as train
-from lmpt.engine.sweep import run_sweep
-from lmpt.errors import CheckpointError
+from lmpt.engine import ORACLE_LABEL, RunScorer, load_config, load_run, prepare, reevaluate_run, run_sweep
+from lmpt.engine import run as train
+from lmpt.engine.rundir.checkpoint import load_weights
+from lmpt.engine.train.loop import TrainingError
+from lmpt.engine.train.prompt import PromptTrainer
+from lmpt.errors import CheckpointError, ConfigError
 
 from engine_helpers import CLASSES, tiny_overrides
 
@@ -162,13 +157,13 @@ def test_select_on_val_uses_validation_only(tiny_data, tmp_path):
 
 def test_eval_and_predict_use_the_checkpoint(tiny_data, tmp_path):
     result = train(_cfg(tiny_data, tmp_path, **{"run.name": "ep"}))
-    metrics = evaluate_run(result.run_dir)
+    metrics = reevaluate_run(result.run_dir)
     assert metrics["per_class_ap"] == result.metrics["per_class_ap"]
     assert (result.run_dir / "eval.json").is_file()
 
     run = load_run(result.run_dir)
     images = sorted((tiny_data["root"] / "img").glob("test000*.png"))[:4]
-    preds = predict_images(run, images, top_k=2).predictions
+    preds = RunScorer(run).predict(images, top_k=2).predictions
     assert [len(p.labels) for p in preds] == [2] * 4
     assert all(p.labels[0][1] >= p.labels[1][1] for p in preds)
     # the scores are the calibrated probabilities sigmoid(a * logit + b) of the cached test features, with the
@@ -181,10 +176,10 @@ def test_eval_and_predict_use_the_checkpoint(tiny_data, tmp_path):
     got = np.array([[p.scores[n] for n in run.meta["class_names"]] for p in preds])
     np.testing.assert_allclose(got, expected, atol=1e-5)
     names = run.meta["class_names"]
-    default = predict_images(run, images).predictions
+    default = RunScorer(run).predict(images).predictions
     for p, e in zip(default, expected):
         assert {n for n, _ in p.labels} == {names[c] for c in range(len(names)) if e[c] >= cal["thresholds"][c]}
-    thresholded = predict_images(run, images, threshold=0.5).predictions
+    thresholded = RunScorer(run).predict(images, threshold=0.5).predictions
     assert all(all(s >= 0.5 for _, s in p.labels) for p in thresholded)
     assert metrics["decisions"]["calibrated"] == result.metrics["decisions"]["calibrated"]
 
@@ -192,11 +187,11 @@ def test_eval_and_predict_use_the_checkpoint(tiny_data, tmp_path):
 def test_checkpoint_mismatch_is_refused(tiny_data, tmp_path):
     result = train(_cfg(tiny_data, tmp_path, **{"run.name": "mm"}))
     with pytest.raises(CheckpointError, match="backbone"):
-        evaluate_run(result.run_dir, ["run.seed=5"])  # random-init backbone with another seed: other weights
+        reevaluate_run(result.run_dir, ["run.seed=5"])  # random-init backbone with another seed: other weights
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(sorted(CLASSES)[::-1]) + "\n")
     with pytest.raises(CheckpointError, match="class names differ"):
-        evaluate_run(result.run_dir, [f"data.classes={classes}"])
+        reevaluate_run(result.run_dir, [f"data.classes={classes}"])
 
 
 def test_sweep_table_is_mean_and_std_of_the_runs(tiny_data, tmp_path):
@@ -226,7 +221,7 @@ def test_zeroshot_run(tiny_data, tmp_path):
 
 
 def test_optimizer_choice():
-    from lmpt.engine.builders import build_optimizer
+    from lmpt.engine.train.builders import build_optimizer
     from lmpt.engine.config import Config
     from lmpt.errors import ConfigError
 
@@ -243,13 +238,12 @@ def test_optimizer_choice():
 
 def test_db_overrides_merge_into_the_preset(tiny_data, tmp_path):
     """`loss.db` keys override the preset's one by one (`lmpt demo loss.db.kappa=20` sets only kappa)."""
-    from lmpt.engine.builders import build_loss
+    from lmpt.engine.train.loss import resolve_loss
 
     cfg = _cfg(tiny_data, tmp_path, **{"loss.db_preset": "voc-lt", "loss.db": "{kappa: 7.0}",
                                        "run.method": "coop-db"})
-    cfg = resolve_method(cfg)
     prepared = prepare(cfg)
-    cls = build_loss(cfg, prepared.dataset).cls_loss
+    cls = resolve_loss(cfg, prepared.dataset).build(prepared.dataset).cls_loss
     assert (cls.kappa, cls.mu, cls.neg_scale) == (7.0, 0.3, 5.0)
     counts = prepared.dataset.train.class_counts.astype(np.float64)
     n = len(prepared.dataset.train)
@@ -258,3 +252,28 @@ def test_db_overrides_merge_into_the_preset(tiny_data, tmp_path):
     from lmpt.engine.config import _read_yaml
 
     assert "db" not in _read_yaml("world")[0]["loss"]  # the world runs the reference's DB settings (issue 14)
+
+
+def test_resolve_loss_decides_once_and_says_why(tiny_data, tmp_path):
+    """The method fixes the losses (custom reads the loss section), loss.params reaches the loss, no captions
+    turns CSE off, and the decision is in metrics.json."""
+    from lmpt.engine.train.loss import resolve_loss
+
+    ds = prepare(_cfg(tiny_data, tmp_path)).dataset
+    coop = resolve_loss(_cfg(tiny_data, tmp_path, **{"run.method": "coop", "loss.classification": "asl"}), ds)
+    assert coop.classification == "bce" and coop.cse is None and coop.lam == 1.0
+    assert "set by run.method=coop" in coop.notes[0]
+    custom = resolve_loss(_cfg(tiny_data, tmp_path, **{"run.method": "custom", "loss.classification": "focal",
+                                                        "loss.params.gamma": 3, "loss.cse": False}), ds)
+    assert custom.classification == "focal" and custom.params == {"gamma": 3}
+    assert custom.build(ds).cls_loss.gamma == 3.0
+    lmpt = resolve_loss(_cfg(tiny_data, tmp_path, **{"loss.lam": 0.3}), ds)
+    assert lmpt.cse is not None and lmpt.lam == 0.3 and lmpt.params["focal"] == "batch"
+    no_caps = resolve_loss(_cfg(tiny_data, tmp_path, **{"data.captions": "off"}), ds)
+    assert no_caps.cse is None and no_caps.lam == 1.0 and any("no captions" in n for n in no_caps.notes)
+    with pytest.raises(ConfigError, match="loss.params: unknown 'db' loss parameter 'kapa'.*kappa"):
+        _cfg(tiny_data, tmp_path, **{"loss.params.kapa": 1})
+
+    result = train(_cfg(tiny_data, tmp_path, **{"run.name": "nocaps", "data.captions": "off", "optim.epochs": 1}))
+    recorded = json.loads((result.run_dir / "metrics.json").read_text())["loss"]
+    assert recorded["cse"] is None and any("no captions" in n for n in recorded["notes"])

@@ -43,7 +43,7 @@ def test_coop_schedule(few_shot):
 
 def test_few_shot_curve_on_tiny_data(few_shot, tiny_data, tmp_path, capsys):
     from lmpt.engine.config import load_config
-    from lmpt.engine.data import prepare
+    from lmpt.engine.prepared import prepare
 
     cfg = load_config(None, tiny_overrides(tiny_data, tmp_path, **{"run.method": "coop"}))
     prepared = prepare(cfg)

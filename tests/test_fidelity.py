@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from lmpt.engine.builders import build_loss, build_scheduler
+from lmpt.engine.train.builders import build_scheduler
+from lmpt.engine.train.loss import resolve_loss
 from lmpt.engine.config import Config, load_config
-from lmpt.engine.data import dataset_from_config, prepare
-from lmpt.engine.methods import resolve_method
-from lmpt.engine.prompt_task import PromptTrainer
-from lmpt.engine.run import run
+from lmpt.engine.prepared import dataset_from_config, prepare
+from lmpt.engine.train.prompt import PromptTrainer
+from lmpt.engine.rundir.layout import RunLayout
+from lmpt.engine.train.run import run
 from lmpt.losses import ClassSpecificEmbeddingLoss, DistributionBalancedLoss, db_preset
 
 from engine_helpers import tiny_overrides
@@ -34,11 +35,11 @@ def _softmax(x):
 
 @pytest.mark.parametrize("focal", ["batch", "elementwise"])
 def test_engine_loss_is_lam_db_plus_one_minus_lam_cse(tiny_data, tmp_path, focal):
-    """build_loss: the configured lam, focal mode, preset and counts, checked on a batch against the parts."""
-    cfg = resolve_method(_cfg(tiny_data, tmp_path, **{"loss.lam": 0.3, "loss.db_focal": focal,
-                                                       "loss.db_preset": "voc-lt"}))
+    """resolve_loss: the configured lam, focal mode, preset and counts, checked on a batch against the parts."""
+    cfg = _cfg(tiny_data, tmp_path, **{"loss.lam": 0.3, "loss.db_focal": focal,
+                                                       "loss.db_preset": "voc-lt"})
     prepared = prepare(cfg)
-    loss = build_loss(cfg, prepared.dataset)
+    loss = resolve_loss(cfg, prepared.dataset).build(prepared.dataset)
     counts = prepared.dataset.train.class_counts
     db = DistributionBalancedLoss(counts, len(prepared.dataset.train), **db_preset("voc-lt"), focal=focal)
     cse = ClassSpecificEmbeddingLoss(counts)
@@ -54,7 +55,7 @@ def test_engine_loss_is_lam_db_plus_one_minus_lam_cse(tiny_data, tmp_path, focal
 
 def test_cse_gradient_reaches_the_prompts(tiny_data, tmp_path):
     """With lam = 0 the context's gradient is exactly the CSE term's (nothing detached on the way)."""
-    cfg = resolve_method(_cfg(tiny_data, tmp_path, **{"loss.lam": 0.0}))
+    cfg = _cfg(tiny_data, tmp_path, **{"loss.lam": 0.0})
     prepared = prepare(cfg)
     trainer = PromptTrainer(cfg, prepared, torch.device("cpu"))
     idx, flip = torch.arange(8), torch.zeros(8, dtype=torch.long)
@@ -87,7 +88,7 @@ def test_plateau_schedule_follows_validation_up_and_training_loss_down():
 
 def test_resume_keeps_the_best_epoch_under_select_val(tiny_data, tmp_path, monkeypatch):
     """A killed run resumed under run.select=val still returns the best validation epoch (here epoch 2)."""
-    import lmpt.engine.loop as loop
+    import lmpt.engine.train.loop as loop
 
     scripted = iter([])
 
@@ -97,8 +98,8 @@ def test_resume_keeps_the_best_epoch_under_select_val(tiny_data, tmp_path, monke
             out["val"]["softmax"]["total"] = next(scripted)
         return out
 
-    real_eval = loop.evaluate_splits
-    monkeypatch.setattr(loop, "evaluate_splits", fake_eval)
+    real_eval = loop.score_splits
+    monkeypatch.setattr(loop, "score_splits", fake_eval)
     extra = {"optim.epochs": 5, "run.select": "val", "optim.schedule": "constant"}
     scores = [0.5, 0.9, 0.6, 0.7, 0.8]
     scripted = iter(scores)
@@ -149,11 +150,11 @@ def test_zeroshot_reference_protocol(tiny_data, tmp_path):
     from dataclasses import replace
 
     from lmpt.data.features import extract_features
-    from lmpt.engine.zeroshot_run import run_zeroshot
+    from lmpt.engine.train.zeroshot import run_zeroshot
     from lmpt.zeroshot import class_texts
 
-    cfg = resolve_method(_cfg(tiny_data, tmp_path, **{"run.method": "zeroshot", "run.zeroshot_protocol": "reference",
-                                                      "data.preprocess": "reference"}))
+    cfg = _cfg(tiny_data, tmp_path, **{"run.method": "zeroshot", "run.zeroshot_protocol": "reference",
+                                                      "data.preprocess": "reference"})
     prepared = prepare(cfg)
     test = prepared.dataset.test
     labels = test.labels.copy()
@@ -162,7 +163,7 @@ def test_zeroshot_reference_protocol(tiny_data, tmp_path):
     prepared = replace(prepared, dataset=ds)
     run_dir = tmp_path / "zsref"
     run_dir.mkdir()
-    metrics = run_zeroshot(cfg, prepared, run_dir, torch.device("cpu"), {}).metrics
+    metrics = run_zeroshot(cfg, prepared, RunLayout(run_dir), torch.device("cpu"), {}).metrics
     assert metrics["dataset"]["test_images"] == len(test) - 5
     assert "5 unlabelled test images skipped" in metrics["selection"]
     model = prepared.backbone.model
@@ -179,11 +180,12 @@ def test_zeroshot_reference_protocol(tiny_data, tmp_path):
 
 
 def test_linear_probe_trains_with_the_db_loss_and_zero_shot_init(tiny_data, tmp_path):
-    from lmpt.engine.probe import ProbeTrainer
+    from lmpt.engine.train.probe import ProbeTrainer
     from lmpt.zeroshot import zeroshot_text_features
 
-    cfg = resolve_method(_cfg(tiny_data, tmp_path, **{"run.method": "linear-probe", "probe.init": "zeroshot"}))
-    assert cfg.loss.classification == "db" and not cfg.loss.cse
+    cfg = _cfg(tiny_data, tmp_path, **{"run.method": "linear-probe", "probe.init": "zeroshot"})
+    decision = resolve_loss(cfg, dataset_from_config(cfg), uses_captions=False)
+    assert decision.classification == "db" and decision.cse is None
     prepared = prepare(cfg)
     trainer = ProbeTrainer(cfg, prepared, torch.device("cpu"))
     # zero-shot initialisation: the probe's test logits are zero-shot CLIP's
@@ -195,7 +197,7 @@ def test_linear_probe_trains_with_the_db_loss_and_zero_shot_init(tiny_data, tmp_
     idx, flip = torch.arange(8), torch.ones(8, dtype=torch.long)
     feats = trainer.train_feats[idx, 1]
     logits = trainer.model.linear(trainer.model.scale * feats)
-    expected = build_loss(cfg, prepared.dataset).cls_loss(logits, trainer.train_labels[idx])
+    expected = resolve_loss(cfg, prepared.dataset).build(prepared.dataset).cls_loss(logits, trainer.train_labels[idx])
     assert trainer.loss(idx, flip)["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     result = run(load_config(None, tiny_overrides(tiny_data, tmp_path, **{"run.method": "linear-probe",
                                                                           "run.name": "probe"})))
@@ -205,11 +207,11 @@ def test_linear_probe_trains_with_the_db_loss_and_zero_shot_init(tiny_data, tmp_
 
 def test_fp16_training_scales_the_loss(tiny_data, tmp_path, monkeypatch):
     """Tiny DB-like gradients underflow in fp16; with the loss scaler the update equals the fp32 one."""
-    from lmpt.engine.step import EagerStep, grad_scaler
+    from lmpt.engine.train.step import EagerStep, grad_scaler
 
     updates = {}
     for precision in ("fp32", "fp16"):
-        cfg = resolve_method(_cfg(tiny_data, tmp_path, **{"run.precision": precision, "run.method": "coop"}))
+        cfg = _cfg(tiny_data, tmp_path, **{"run.precision": precision, "run.method": "coop"})
         trainer = PromptTrainer(cfg, prepare(cfg), torch.device("cpu"))
         original = trainer.loss
 
@@ -259,7 +261,7 @@ def test_metrics_count_the_classes_validation_cannot_see(tiny_data, tmp_path):
 
 
 def test_sweep_redoes_a_run_whose_settings_changed(tiny_data, tmp_path):
-    from lmpt.engine.sweep import run_sweep
+    from lmpt.engine.studies.sweep import run_sweep
 
     out = tmp_path / "sweep"
     run_sweep(_cfg(tiny_data, tmp_path, **{"optim.epochs": 1}), ["coop"], [0], out)

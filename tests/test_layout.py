@@ -1,5 +1,5 @@
 """The package's shape: no import cycles (lazy imports included), a core that knows neither the engine nor the
-generated world, and no module over 450 lines."""
+generated world nor the CLI, no module over 400 lines, and each run-folder file name written once."""
 from __future__ import annotations
 
 import ast
@@ -7,7 +7,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "lmpt"
-CORE = ("lmpt.backbone", "lmpt.prompts", "lmpt.model", "lmpt.losses", "lmpt.metrics")
+UPPER = ("lmpt.engine", "lmpt.world", "lmpt.cli")
 
 
 def _module_name(path: Path) -> str:
@@ -82,7 +82,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str]:
 def test_the_scanner_sees_lazy_imports_and_cycles():
     graph = import_graph()
     assert "lmpt.backbone" in graph["lmpt.data.features"]
-    assert "lmpt.engine.run" in graph["lmpt.cli"]  # imported inside a function
+    assert "lmpt.engine.train.run" in graph["lmpt.cli.commands"]  # imported inside a function
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) == []
 
@@ -92,20 +92,62 @@ def test_no_import_cycles():
     assert not cycle, " -> ".join(cycle)
 
 
+def _core_modules() -> list[str]:
+    return sorted(m for m in _modules() if m not in ("lmpt", "lmpt.__main__") and not m.startswith(UPPER))
+
+
 def test_core_imports_neither_engine_nor_world():
+    """Every module outside engine/, world/ and cli/ (the library, the data package, deploy) reaches none of them."""
     graph = import_graph()
-    for core in CORE:
-        seen, todo = set(), [core]
+    core = _core_modules()
+    assert {"lmpt.backbone", "lmpt.losses.db", "lmpt.data.features", "lmpt.deploy"} <= set(core)
+    for start in core:
+        seen, todo = set(), [start]
         while todo:
             mod = todo.pop()
             for nxt in graph.get(mod, ()):
                 if nxt not in seen:
                     seen.add(nxt)
                     todo.append(nxt)
-        bad = sorted(m for m in seen if m.startswith(("lmpt.engine", "lmpt.world", "lmpt.cli")))
-        assert not bad, f"{core} reaches {bad}"
+        bad = sorted(m for m in seen if m.startswith(UPPER))
+        assert not bad, f"{start} reaches {bad}"
 
 
-def test_no_module_over_450_lines():
-    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 450}
+def test_no_module_over_400_lines():
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def _string_literals(tree: ast.AST) -> list[str]:
+    """The string constants of a module that are not docstrings."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+def test_run_folder_file_names_are_written_once():
+    """The run folder's file names are literals in one place (the layout), nowhere else in the package."""
+    names = ("metrics.json", "config.yaml", "state.pt", "summary.json", "test_logits.npy", "prompt.safetensors")
+    found: dict[str, list[str]] = {n: [] for n in names}
+    for module, path in _modules().items():
+        for text in _string_literals(ast.parse(path.read_text())):
+            if text in found:
+                found[text].append(module)
+    assert {n: len(where) for n, where in found.items()} == {n: 1 for n in names}, found
+
+
+def test_the_engine_facade_names_objects_not_modules():
+    """Every facade name resolves to its object, also after every engine module was imported (a submodule named
+    like a facade name would shadow it)."""
+    import importlib
+    import types
+
+    import lmpt.engine as engine
+
+    for name in _modules():
+        if name.startswith("lmpt.engine."):
+            importlib.import_module(name)
+    for name in engine.__all__:
+        assert not isinstance(getattr(engine, name), types.ModuleType), name

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from lmpt.errors import ConfigError
 from lmpt.losses import (
     AsymmetricLoss,
     BCELoss,
@@ -530,7 +531,7 @@ def test_build_classification_loss():
     assert isinstance(focal, FocalLoss) and focal.gamma == 1.0
     asl = build_classification_loss("ASL", VOC_FREQ, VOC_N, gamma_neg=3.0)
     assert isinstance(asl, AsymmetricLoss) and asl.gamma_neg == 3.0
-    with pytest.raises(ValueError, match="db.*bce.*focal.*asl"):
+    with pytest.raises(ConfigError, match="db.*bce.*focal.*asl"):
         build_classification_loss("ce", VOC_FREQ, VOC_N)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lmpt.backbone import create_clip, load_weights_file
-from lmpt.errors import ConfigError, UserError
+from lmpt.errors import CheckpointError, ConfigError, UserError
 from lmpt.model import PromptCLIP
 from lmpt.prompts import PromptConfig, cse_length, embed_captions, encode_token_embeddings
 
@@ -115,7 +115,7 @@ def test_prompt_state_roundtrip(tiny_backbone):
         a.prompt_learner.ctx.normal_()
     b.load_prompt_state(a.prompt_state())
     torch.testing.assert_close(a.encode_text(), b.encode_text())
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(CheckpointError, match="does not match"):
         PromptCLIP(tiny_backbone, NAMES[:2]).load_prompt_state(a.prompt_state())
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from lmpt.cli import main
-from lmpt.engine.checkpoint import load_weights
+from lmpt.engine.rundir.checkpoint import load_weights
 from lmpt.engine.config import load_config
-from lmpt.engine.data import prepare
-from lmpt.engine.inference import RunScorer, load_run, predict_images
-from lmpt.engine.run import run as train
-from lmpt.exported import load_classifier
+from lmpt.engine.prepared import prepare
+from lmpt.engine.use.inference import RunScorer, load_run
+from lmpt.engine.train.run import run as train
+from lmpt.deploy import load_classifier
 
 from conftest import TINY_RN
 from engine_helpers import CLASSES, tiny_overrides
@@ -70,7 +70,7 @@ def test_calibration_without_validation_uses_train_and_says_so(tiny_data, tmp_pa
     assert "no validation split" in caplog.text
     # zero-shot runs write a classifier too, and predict uses it
     image = sorted((tiny_data["root"] / "img").glob("test*.png"))[0]
-    preds = predict_images(load_run(result.run_dir), [image]).predictions
+    preds = RunScorer(load_run(result.run_dir)).predict([image]).predictions
     assert len(preds) == 1 and set(preds[0].scores) == set(load_run(result.run_dir).model.class_names)
 
 
@@ -121,7 +121,7 @@ def test_export_round_trip(runs, folder, tmp_path, which, capsys):
     assert main(["export", str(runs[which]), "--out", str(model)]) == 0
     exported = load_classifier(model)
     images = sorted(str(p) for p in folder.rglob("*.png"))
-    want = predict_images(load_run(runs[which]), images).predictions
+    want = RunScorer(load_run(runs[which])).predict(images).predictions
     got = exported.predict(images).predictions
     assert [p.image for p in got] == [p.image for p in want]
     for g, w in zip(got, want):
@@ -186,12 +186,13 @@ def test_a_classifier_file_without_calibration_scores_sigmoid_at_one_half(runs, 
     """Files written before calibration existed: sigmoid(logit), threshold 0.5, and a warning."""
     from PIL import Image
 
-    from lmpt.engine.checkpoint import PROMPT_FILE, save_weights
+    from lmpt.engine.methods import METHOD_KINDS
+    from lmpt.engine.rundir.checkpoint import save_weights
 
     tensors, meta = load_weights(runs["vit"])
     old = tmp_path / "old"
     old.mkdir()
-    save_weights(old / PROMPT_FILE, tensors, {k: v for k, v in meta.items() if k != "calibration"})
+    save_weights(old / METHOD_KINDS["prompt"].weights_file, tensors, {k: v for k, v in meta.items() if k != "calibration"})
     scorer = RunScorer(load_run(old))
     assert "no calibration" in caplog.text and np.all(scorer.thresholds == 0.5)
     images = torch.stack([scorer.transform(Image.new("RGB", (40, 30)))])

@@ -51,8 +51,8 @@ def swaps(tiny_data, tmp_path_factory):
     config.write_text(yaml.safe_dump(lines))
     # a trained run, its export and a folder of images stand in for the demo's run and the user's photos
     from lmpt.engine.config import load_config
-    from lmpt.engine.export import export_run
-    from lmpt.engine.run import run
+    from lmpt.engine.use.export import export_run
+    from lmpt.engine.train.run import run
 
     trained = run(load_config(None, tiny_overrides(tiny_data, tmp, **{"optim.epochs": 1, "run.name": "trained"})))
     export_run(trained.run_dir, tmp / "model.pt")
@@ -86,7 +86,7 @@ def _swap(argv: list[str], swaps: dict[str, str]) -> list[str]:
 
 @pytest.mark.parametrize("argv", readme_commands(), ids=lambda a: " ".join(a)[:60])
 def test_readme_command_parses_and_starts(argv, swaps, monkeypatch, capsys, tmp_path):
-    import lmpt.engine.demo as demo
+    import lmpt.engine.studies.demo as demo
 
     started = {}
     monkeypatch.setattr(demo, "run_demo", lambda **kw: started.update(kw))  # the demo itself runs in CI

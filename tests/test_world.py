@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmpt.data.manifest import load_manifest_dataset
+
 from lmpt.world import (
     WORLD_MODEL_NAME,
     build_world,
     generate_world,
     get_world_tokenizer,
     is_complete_world,
-    load_world_dataset,
     register_world_models,
     world_key,
 )
@@ -105,12 +106,11 @@ def test_profile_interpolates_between_voc_and_coco():
 
 
 def test_head_and_tail_depend_on_seed():
-    heads = []
-    for seed in (0, 1, 2):
-        target = np.empty(20, np.int64)
-        target[np.random.default_rng(seed).permutation(20)] = lt_profile(20)
-        heads.append(int(np.argmax(target)))
-    assert len(set(heads)) > 1
+    from lmpt.world.generate import train_targets
+
+    targets = [train_targets(20, seed) for seed in (0, 1, 2)]
+    assert all(sorted(t.tolist(), reverse=True) == list(VOC_LT_PROFILE) for t in targets)
+    assert len({int(np.argmax(t)) for t in targets}) > 1
 
 
 def test_balanced_splits_cover_every_class():
@@ -250,7 +250,8 @@ def test_build_world_caches_and_pretrains(tmp_path):
     assert (again.root / "world.json").stat().st_mtime_ns == mtime
     assert again.clip_weights.stat().st_mtime_ns == wtime
 
-    ds = load_world_dataset(again)
+    ds = load_manifest_dataset(again.train_manifest, again.test_manifest, val=again.val_manifest,
+                               classes=again.classes_file)
     assert ds.num_classes == 20 and ds.train.captions is not None and ds.test.captions is None
     assert len(ds.val) == SMALL["val"] and Path(ds.test.paths[0]).is_file()
     assert np.array_equal(ds.class_freq, np.asarray(again.metadata["counts"]["train"]))
@@ -268,11 +269,14 @@ def test_build_world_caches_and_pretrains(tmp_path):
     # the documented preprocessing equals the one pretraining used
     from PIL import Image
 
-    from lmpt.world import get_world_transform
+    from lmpt.backbone import create_clip
+    from lmpt.data.images import PreprocessConfig, transform_from_signature
     from lmpt.world.pretrain import _to_input
 
+    backbone = create_clip(again.clip_model_name, str(again.clip_weights))
+    transform = transform_from_signature(PreprocessConfig("clip").resolve(backbone))  # the world config's mode
     with Image.open(ds.test.paths[0]) as im:
-        a = get_world_transform()(im)
+        a = transform(im)
         b = _to_input(torch.from_numpy(np.array(im.convert("RGB")))[None])[0]
     assert torch.allclose(a, b, atol=1e-6)
 
@@ -313,7 +317,7 @@ def test_incomplete_world_is_regenerated(tmp_path):
 
 def test_demo_writes_summary(tmp_path):
     """``lmpt demo`` end to end on a tiny world: summary.json in the documented shape, report files."""
-    from lmpt.engine.demo import DEMO_METHODS, run_demo
+    from lmpt.engine.studies.demo import DEMO_METHODS, run_demo
 
     out = tmp_path / "demo"
     summary = run_demo(out, quick=True, cache_dir=str(tmp_path / "cache"), device="cpu", seeds="0,1",

@@ -20,9 +20,8 @@ maximises the micro F-beta of the pooled entries.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -222,27 +221,6 @@ def decision_metrics(probs: ArrayLike, labels: ArrayLike, thresholds: Union[floa
     return out
 
 
-def cross_validation_folds(n: int, folds: int = 5, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(train, test)`` row indices of ``folds``-fold cross-validation over ``n`` rows in a seeded random order."""
-    order = np.random.default_rng(seed).permutation(n)
-    for k in range(folds):
-        test = order[k::folds]
-        yield np.setdiff1d(order, test), test
-
-
-def cross_validated_loss(logits: ArrayLike, labels: ArrayLike, method: str, folds: int = 5,
-                         min_positives: int = 5, seed: int = 0) -> float:
-    """Mean held-out cross-entropy (true labels) of ``method`` in ``folds``-fold cross-validation over images."""
-    z = _np(logits)
-    y = _np(labels) > 0
-    losses = []
-    for train, test in cross_validation_folds(len(z), folds, seed):
-        cal = fit_calibration(z[train], y[train], method, min_positives=min_positives)
-        p = np.clip(cal.probabilities(z[test]), 1e-12, 1 - 1e-12)
-        losses.append(-(y[test] * np.log(p) + (~y[test]) * np.log(1 - p)).mean())
-    return float(np.mean(losses)) if losses else math.nan
-
-
 __all__ = ["CALIBRATIONS", "Calibration", "fit_calibration", "fit_sigmoid_map", "apply_sigmoid_map",
-           "best_threshold", "expected_calibration_error", "decision_metrics", "cross_validated_loss", "cross_validation_folds",
+           "best_threshold", "expected_calibration_error", "decision_metrics",
            "platt_targets", "fbeta"]

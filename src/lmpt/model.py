@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import CLIPBackbone
+from .errors import CheckpointError
 from .prompts import PromptConfig, PromptLearner, encode_token_embeddings
 
 
@@ -84,7 +85,7 @@ class PromptCLIP(nn.Module):
     def load_prompt_state(self, state: dict[str, torch.Tensor]) -> None:
         ctx = state["ctx"]
         if ctx.shape != self.prompt_learner.ctx.shape:
-            raise ValueError(f"context shape {tuple(ctx.shape)} does not match the model's "
+            raise CheckpointError(f"context shape {tuple(ctx.shape)} does not match the model's "
                              f"{tuple(self.prompt_learner.ctx.shape)}")
         with torch.no_grad():
             self.prompt_learner.ctx.copy_(ctx.to(self.prompt_learner.ctx))

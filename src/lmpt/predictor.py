@@ -132,6 +132,21 @@ def choose(scores: np.ndarray, thresholds: np.ndarray, threshold: Optional[float
     return [int(c) for c in order if scores[c] >= t[c]]
 
 
+class Predicting:
+    """``predict(inputs)`` for a scorer (a run folder's or an exported file's classifier)."""
+
+    def predict(self, inputs: Union[Inputs, str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+                threshold: Optional[float] = None, top_k: Optional[int] = None, batch_size: int = 32,
+                num_workers: int = 0, strict: bool = False, show_progress: bool = False) -> "PredictResult":
+        """Label images: files, folders, glob patterns or manifests (see :func:`predict_paths`)."""
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [inputs]
+        if not isinstance(inputs, Inputs):
+            inputs = collect_inputs(inputs)
+        return predict_paths(self, inputs, threshold=threshold, top_k=top_k, batch_size=batch_size,
+                             num_workers=num_workers, strict=strict, show_progress=show_progress)
+
+
 def predict_paths(scorer: Scorer, inputs: Union[Inputs, Sequence[str]], threshold: Optional[float] = None,
                   top_k: Optional[int] = None, batch_size: int = 32, num_workers: int = 0, strict: bool = False,
                   show_progress: bool = True) -> PredictResult:
@@ -241,5 +256,5 @@ def format_predictions(result: PredictResult, fmt: str = "table") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["collect_inputs", "predict_paths", "format_predictions", "Prediction", "PredictResult", "Inputs",
+__all__ = ["collect_inputs", "predict_paths", "Predicting", "format_predictions", "Prediction", "PredictResult", "Inputs",
            "choose", "FORMATS", "IMAGE_EXTENSIONS"]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 
 @dataclass
 class PromptConfig:
@@ -128,7 +130,7 @@ class PromptLearner(nn.Module):
             init_tokens = tokenizer([init_text])[0]
             n_ctx = int(eot_positions(init_tokens[None])[0]) - 1
             if n_ctx < 1:
-                raise ValueError(f"ctx_init '{cfg.ctx_init}' gives no tokens")
+                raise ConfigError(f"model.ctx_init={cfg.ctx_init!r} gives no tokens; give words such as 'a photo of a'")
             with torch.no_grad():
                 init = token_embedding(init_tokens[1:1 + n_ctx].to(device)).float()
             prefix_text = init_text
@@ -153,7 +155,7 @@ class PromptLearner(nn.Module):
         context_length = tokens.shape[1]
         if int(eot.max()) >= context_length - 1 and (tokens[:, -1] != 0).any():
             longest = self.class_names[int(eot.argmax())]
-            raise ValueError(f"the prompt for class '{longest}' does not fit in {context_length} tokens; "
+            raise ConfigError(f"the prompt for class '{longest}' does not fit in {context_length} tokens; "
                              "use a shorter class name or fewer context tokens")
         with torch.no_grad():
             emb = token_embedding(tokens).float()

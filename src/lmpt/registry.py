@@ -10,6 +10,8 @@ import difflib
 from collections.abc import Mapping
 from typing import Callable, Generic, Iterator, Optional, TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -51,10 +53,10 @@ class Registry(Mapping, Generic[T]):
         return f" Did you mean {' or '.join(close)}?" if close else ""
 
     def lookup(self, name: str, normalize: Callable[[str], str] = str) -> T:
-        """The entry of ``normalize(name)``; ValueError naming the known entries otherwise."""
+        """The entry of ``normalize(name)``; :class:`~lmpt.errors.ConfigError` naming the known entries otherwise."""
         key = normalize(name)
         if key not in self._items:
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self._items)}.{self.suggest(key)}")
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self._items)}.{self.suggest(key)}")
         return self._items[key]
 
     def __repr__(self) -> str:

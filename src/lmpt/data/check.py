@@ -9,7 +9,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .dataset import MultiLabelDataset
+from .dataset import HEAD_MIN, TAIL_MAX, MultiLabelDataset
 
 
 def check_image(path: str) -> Optional[str]:
@@ -74,7 +74,7 @@ def summarize(dataset: MultiLabelDataset) -> str:
                      + (f", {unl} without labels" if unl else "") + f", {caps}")
     groups = dataset.groups()
     freq = dataset.class_freq
-    lines.append("  class groups by training images (head >= 100, tail < 20):")
+    lines.append(f"  class groups by training images (head >= {HEAD_MIN}, tail < {TAIL_MAX}):")
     for g in ("head", "medium", "tail"):
         idx = groups[g]
         listed = ", ".join(f"{names[i]} {int(freq[i])}" for i in idx) or "(none)"

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -39,28 +38,12 @@ from ..precision import autocast, resolve_precision
 from ..progress import progress as progress_bar
 from .dataset import MultiLabelSplit
 from .decode import BatchDecoder, FileBytesDataset, collate_payloads, prefetched, resolve_decoder
-from .images import ImageListDataset, transform_from_signature, transform_signature
+from .images import ImageListDataset, PreprocessConfig, transform_from_signature
 
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 FINAL_NAME = "features.safetensors"
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How images become encoder inputs (see :mod:`lmpt.data.images`).
-
-    ``mode="reference"`` squashes to the backbone's resolution with ImageNet statistics, as the LMPT
-    reference does; ``mode="clip"`` uses the backbone's own resize, crop and statistics.
-    """
-
-    mode: str = "reference"
-
-    def resolve(self, backbone: CLIPBackbone) -> dict:
-        if self.mode == "clip":
-            return transform_signature("clip", backbone.image_size, backbone.mean, backbone.std)
-        return transform_signature(self.mode, backbone.image_size)
 
 
 def _file_stamps(paths: Sequence[str]) -> list:

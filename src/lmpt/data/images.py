@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -143,6 +143,24 @@ def transform_from_signature(signature: dict, flip: bool = False) -> Callable[[I
     """:func:`build_transform` for a resolved preprocessing description (:func:`transform_signature`'s keys)."""
     return build_transform(signature["mode"], signature["image_size"], signature["mean"], signature["std"],
                            signature["interpolation"], flip=flip)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images become encoder inputs (see :mod:`lmpt.data.images`).
+
+    ``mode="reference"`` squashes to the backbone's resolution with ImageNet statistics, as the LMPT
+    reference does; ``mode="clip"`` uses the backbone's own resize, crop and statistics.
+    """
+
+    mode: str = "reference"
+
+    def resolve(self, backbone: Any) -> dict:
+        """The resolved description (:func:`transform_signature`) for a backbone (a ``CLIPBackbone``: its
+        ``image_size``, ``mean`` and ``std``)."""
+        if self.mode == "clip":
+            return transform_signature("clip", backbone.image_size, backbone.mean, backbone.std)
+        return transform_signature(self.mode, backbone.image_size)
 
 
 class ImageListDataset(torch.utils.data.Dataset):

@@ -29,156 +29,18 @@ import difflib
 import json
 import logging
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import DataError
+from ..io import atomic_path
 from .dataset import MultiLabelDataset, MultiLabelSplit
+from .manifest_rows import LABEL_SEP, PathLike, Row, fmt_errors, manifest_format, read_manifest
 from .splits import split_train_val
 
 log = logging.getLogger(__name__)
-
-PathLike = Union[str, os.PathLike]
-_JSONL_EXT = (".jsonl", ".json-lines")
-_CSV_EXT = (".csv",)
-_SEP = re.compile(r"[;|]")
-MAX_LISTED = 20
-
-
-@dataclass
-class _Row:
-    line: int
-    image: str
-    labels: list[str]
-    caption: Optional[str]
-
-
-def _fmt_errors(errors: list[str], what: str) -> str:
-    head = errors[:MAX_LISTED]
-    more = len(errors) - len(head)
-    text = f"{len(errors)} problem(s) in {what}:\n  " + "\n  ".join(head)
-    if more:
-        text += f"\n  ... and {more} more"
-    return text
-
-
-def _split_labels(value: str) -> list[str]:
-    return [s.strip() for s in _SEP.split(value) if s.strip()]
-
-
-def _format(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(_JSONL_EXT):
-        return "jsonl"
-    if name.endswith(_CSV_EXT):
-        return "csv"
-    raise DataError(f"{path}: unknown manifest format; use a .csv file (columns image, labels[, caption]) or a "
-                    ".jsonl / .json-lines file (one JSON object per line)")
-
-
-def _read_jsonl(path: Path, errors: list[str]) -> list[_Row]:
-    rows = []
-    with open(path, encoding="utf-8-sig") as f:
-        for no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(f"{where}: malformed JSON ({e.msg} at column {e.colno}); each line must be one "
-                              'object like {"image": "a.jpg", "labels": ["cat"]}')
-                continue
-            if not isinstance(obj, dict):
-                errors.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                continue
-            missing = [k for k in ("image", "labels") if k not in obj]
-            if missing:
-                errors.append(f"{where}: missing field(s) {', '.join(repr(m) for m in missing)}; every line needs "
-                              '"image" and "labels"')
-                continue
-            image = obj["image"]
-            if not isinstance(image, str) or not image.strip():
-                errors.append(f"{where}: \"image\" must be a non-empty string, got {image!r}")
-                continue
-            labels = obj["labels"]
-            if isinstance(labels, str):
-                names = _split_labels(labels)
-            elif isinstance(labels, list) and all(isinstance(x, str) for x in labels):
-                names = [x.strip() for x in labels if x.strip()]
-            else:
-                errors.append(f"{where}: \"labels\" must be a list of names or a string like \"cat;dog\", "
-                              f"got {labels!r}")
-                continue
-            caption = obj.get("caption")
-            if caption is not None and not isinstance(caption, str):
-                errors.append(f"{where}: \"caption\" must be a string, got {caption!r}")
-                continue
-            rows.append(_Row(no, image.strip(), names, caption.strip() if caption else None))
-    return rows
-
-
-def _read_csv(path: Path, errors: list[str]) -> list[_Row]:
-    rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header = None
-        for rec in reader:
-            if not any(cell.strip() for cell in rec):
-                continue
-            header = [h.strip().lower() for h in rec]
-            header_line = reader.line_num
-            break
-        if header is None:
-            errors.append(f"{path}, line 1: empty file; expected a header row with columns image, labels[, caption]")
-            return rows
-        missing = [c for c in ("image", "labels") if c not in header]
-        if missing:
-            errors.append(f"{path}, line {header_line}: missing column(s) {', '.join(missing)} in header "
-                          f"{rec!r}; the header must name the columns image, labels and optionally caption")
-            return rows
-        i_img, i_lab = header.index("image"), header.index("labels")
-        i_cap = header.index("caption") if "caption" in header else None
-        while True:
-            first_line = reader.line_num + 1  # a record may span lines (quoted newlines): report its first
-            try:
-                rec = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                errors.append(f"{path}, line {first_line}: malformed CSV ({e})")
-                break
-            if not any(cell.strip() for cell in rec):
-                continue
-            where = f"{path}, line {first_line}"
-            if len(rec) <= max(i_img, i_lab):
-                errors.append(f"{where}: {len(rec)} column(s), but the header puts image and labels in columns "
-                              f"{i_img + 1} and {i_lab + 1}")
-                continue
-            image = rec[i_img].strip()
-            if not image:
-                errors.append(f"{where}: empty image path")
-                continue
-            caption = rec[i_cap].strip() if i_cap is not None and i_cap < len(rec) else ""
-            rows.append(_Row(first_line, image, _split_labels(rec[i_lab]), caption or None))
-    return rows
-
-
-def _read_manifest(path: Path, errors: list[str]) -> list[_Row]:
-    fmt = _format(path)
-    if not path.exists():
-        raise DataError(f"manifest {path} does not exist; check the path")
-    if not path.is_file():
-        raise DataError(f"manifest {path} is not a file")
-    try:
-        return _read_jsonl(path, errors) if fmt == "jsonl" else _read_csv(path, errors)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e}); save the manifest as UTF-8") from None
-
 
 def read_class_list(path: PathLike) -> list[str]:
     """Class names from a text file: one per line; ``#`` starts a comment; blank lines are ignored."""
@@ -198,7 +60,7 @@ def _read_class_list(path: PathLike) -> dict[str, int]:
             name = line.split("#", 1)[0].strip()
             if not name:
                 continue
-            if _SEP.search(name):
+            if LABEL_SEP.search(name):
                 errors.append(f"{path}, line {no}: class name {name!r} contains ';' or '|', which separate labels")
             elif name in first:
                 errors.append(f"{path}, line {no}: class {name!r} already listed on line {first[name]}")
@@ -206,7 +68,7 @@ def _read_class_list(path: PathLike) -> dict[str, int]:
                 first[name] = no
                 names.append(name)
     if errors:
-        raise DataError(_fmt_errors(errors, str(path)))
+        raise DataError(fmt_errors(errors, str(path)))
     if not names:
         raise DataError(f"class list {path} has no class names; write one name per line")
     return first
@@ -226,7 +88,7 @@ def _image_path(image: str, base: Path) -> str:
     return os.path.normpath(str(p if p.is_absolute() else base / p))
 
 
-def _build_split(split_name: str, path: Path, rows: list[_Row], classes: list[str], base: Path,
+def _build_split(split_name: str, path: Path, rows: list[Row], classes: list[str], base: Path,
                  errors: list[str], class_source: str) -> MultiLabelSplit:
     index = {c: i for i, c in enumerate(classes)}
     labels = np.zeros((len(rows), len(classes)), dtype=np.uint8)
@@ -268,11 +130,11 @@ def load_manifest_split(path: PathLike, classes: Union[PathLike, Sequence[str]],
     else:
         class_names, class_source = [str(c) for c in classes], "the given class names"
     errors: list[str] = []
-    rows = _read_manifest(path, errors)
+    rows = read_manifest(path, errors)
     base = Path(image_root).expanduser() if image_root is not None else path.parent
     split = _build_split(name, path, rows, class_names, base.absolute(), errors, class_source)
     if errors:
-        raise DataError(_fmt_errors(errors, str(path)) + "\nFix these rows and run again.")
+        raise DataError(fmt_errors(errors, str(path)) + "\nFix these rows and run again.")
     return split
 
 
@@ -283,9 +145,9 @@ def read_manifest_images(path: PathLike, image_root: Optional[PathLike] = None) 
     """
     path = Path(path).expanduser()
     errors: list[str] = []
-    rows = _read_manifest(path, errors)
+    rows = read_manifest(path, errors)
     if errors:
-        raise DataError(_fmt_errors(errors, str(path)) + "\nFix these rows and run again.")
+        raise DataError(fmt_errors(errors, str(path)) + "\nFix these rows and run again.")
     base = (Path(image_root).expanduser() if image_root is not None else path.parent).absolute()
     return [_image_path(r.image, base) for r in rows], [list(r.labels) for r in rows]
 
@@ -307,7 +169,7 @@ def load_manifest_dataset(train: PathLike, test: PathLike, val: Optional[PathLik
     if val is not None:
         files["val"] = Path(val).expanduser()
     errors: list[str] = []
-    rows = {k: _read_manifest(p, errors) for k, p in files.items()}
+    rows = {k: read_manifest(p, errors) for k, p in files.items()}
 
     class_file: Optional[Path] = None
     if classes is None:
@@ -329,7 +191,7 @@ def load_manifest_dataset(train: PathLike, test: PathLike, val: Optional[PathLik
         base = Path(image_root).expanduser() if image_root is not None else p.parent
         splits[k] = _build_split(k, p, rows[k], class_names, base.absolute(), errors, class_source)
     if errors:
-        raise DataError(_fmt_errors(errors, "the manifests") + "\nFix these rows and run again.")
+        raise DataError(fmt_errors(errors, "the manifests") + "\nFix these rows and run again.")
     if not class_names or len(splits["train"]) == 0:
         raise DataError(f"train manifest {files['train']} has no rows; it needs at least one labelled image")
     for k in ("test",) + (("val",) if "val" in splits else ()):
@@ -388,15 +250,14 @@ def write_manifest(path: PathLike, split: MultiLabelSplit, class_names: Sequence
     absolute. Captions are written when the split has them (empty ones omitted).
     """
     path = Path(path).expanduser()
-    fmt = _format(path)
+    fmt = manifest_format(path)
     if split.num_classes != len(class_names):
         raise ValueError(f"{len(class_names)} class names for {split.num_classes} label columns")
     base = Path(image_root).expanduser().absolute() if image_root is not None else path.parent.absolute()
     if fmt == "csv":
-        bad = [c for c in class_names if _SEP.search(c)]
+        bad = [c for c in class_names if LABEL_SEP.search(c)]
         if bad:
             raise DataError(f"cannot write CSV manifest {path}: class names {bad} contain ';' or '|'; use .jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def rel(p: str) -> str:
         ap = Path(os.path.abspath(p))
@@ -411,16 +272,15 @@ def write_manifest(path: PathLike, split: MultiLabelSplit, class_names: Sequence
         if split.captions is not None and split.captions[i]:
             rec["caption"] = split.captions[i]
         records.append(rec)
-    tmp = path.with_name(path.name + ".tmp")
-    if fmt == "jsonl":
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    else:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["image", "labels", "caption"])
-            for rec in records:
-                w.writerow([rec["image"], ";".join(rec["labels"]), rec.get("caption", "")])
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if fmt == "jsonl":
+            with open(tmp, "w", encoding="utf-8") as f:
+                for rec in records:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        else:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["image", "labels", "caption"])
+                for rec in records:
+                    w.writerow([rec["image"], ";".join(rec["labels"]), rec.get("caption", "")])
     return path

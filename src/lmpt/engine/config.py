@@ -77,6 +77,7 @@ class LossConfig:
     cse_shift: int = 2
     asl: dict = field(default_factory=dict)  # gamma_neg, gamma_pos, clip, eps, reduction, focal_grad
     focal_gamma: float = 2.0
+    params: dict = field(default_factory=dict)  # keyword arguments of the classification loss (any registered loss)
 
 
 @dataclass
@@ -94,6 +95,10 @@ class OptimConfig:
     factor: float = 0.1
     min_lr: float = 1e-7
 
+    @property
+    def optimizer_name(self) -> str:
+        return self.name
+
 
 @dataclass
 class ProbeConfig:
@@ -103,6 +108,10 @@ class ProbeConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     init: str = "random"  # random | zeroshot (the zero-shot classifier: starts at zero-shot CLIP's scores)
+
+    @property
+    def optimizer_name(self) -> str:
+        return self.optimizer
 
 
 @dataclass
@@ -188,6 +197,20 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
+def _auto_or_bool(value: Any) -> Any:
+    """``"auto"`` stays; ``true``/``false`` in any spelling become booleans (anything else is left for validation)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return text in ("true", "yes", "on", "1")
+    return value
+
+
+# Keys whose values are normalised where they are read (validation only checks, it never rewrites).
+_NORMALIZE = {("model", "quick_gelu"): _auto_or_bool}
+
+
 def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
     """Set the values of a nested ``{section: {key: value}}`` mapping on ``cfg`` (in place)."""
     if not isinstance(data, dict):
@@ -213,7 +236,9 @@ def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
             if default is None:
                 fdef = known[key]
                 default = fdef.default if fdef.default is not dataclasses.MISSING else None
-            setattr(target, key, _coerce(value, default, f"{source}: {section}.{key}"))
+            value = _coerce(value, default, f"{source}: {section}.{key}")
+            normalize = _NORMALIZE.get((section, key))
+            setattr(target, key, normalize(value) if normalize is not None else value)
     return cfg
 
 
@@ -288,8 +313,10 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     return cfg
 
 
-def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (``base:`` chains allowed), then ``section.key=value`` overrides; validated."""
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
+                check_source: bool = True) -> Config:
+    """Defaults, then the YAML file (``base:`` chains allowed), then ``section.key=value`` overrides; validated
+    (``check_source=False``: all but the data source's required paths, see :func:`validate`)."""
     cfg = Config()
     if path is not None:
         chain = []
@@ -309,7 +336,7 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
         for data, source in reversed(chain):
             apply_dict(cfg, data, source)
     apply_overrides(cfg, overrides)
-    validate(cfg)
+    validate(cfg, check_source)
     return cfg
 
 

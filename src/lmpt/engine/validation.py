@@ -12,7 +12,7 @@ from ..calibration import CALIBRATIONS
 from ..data.benchmarks import CLASS_NAME_STYLES
 from ..data.decode import DECODE_CHOICES
 from ..data.images import PREPROCESSING
-from ..data.sources import DATA_SOURCES
+from ..data.sources import DATA_SOURCES, check_source_settings
 from ..errors import ConfigError
 from ..losses import ASL_PARAMS, CLASSIFICATION_LOSSES, CSE_DISTANCES, CSE_FORMS, DB_FOCAL_MODES, DB_PARAMS, DB_PRESETS
 from ..metrics import PROTOCOLS
@@ -77,6 +77,8 @@ def _mapping(values: dict, allowed: tuple[str, ...], where: str, kind: str) -> N
                               f"Known: {', '.join(allowed)}.")
         if key == "reduction":
             _choice(value, ("mean", "sum"), f"{where}.reduction")
+        elif key == "focal":
+            _choice(value, DB_FOCAL_MODES, f"{where}.focal")
         elif key == "focal_grad":
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}.focal_grad={value!r}: must be true or false")
@@ -84,8 +86,12 @@ def _mapping(values: dict, allowed: tuple[str, ...], where: str, kind: str) -> N
             _number(value, f"{where}.{key}")
 
 
-def validate(cfg: Any) -> None:
-    """Raise ConfigError (one line naming key and value) for the first invalid setting."""
+def validate(cfg: Any, check_source: bool = True) -> None:
+    """Raise ConfigError (one line naming key and value) for the first invalid setting.
+
+    ``check_source=False`` leaves out the settings the data source requires (its root or manifests), for a
+    config whose data paths are filled in later (the generated world's).
+    """
     m, d, lo, o, p, r = cfg.model, cfg.data, cfg.loss, cfg.optim, cfg.probe, cfg.run
 
     _choice(r.method, METHODS, "run.method")
@@ -117,9 +123,8 @@ def validate(cfg: Any) -> None:
     if d.num_workers is not None:
         _number(d.num_workers, "data.num_workers", 0, integer=True)
 
-    if str(m.quick_gelu).lower() not in ("auto", "true", "false"):
+    if m.quick_gelu not in ("auto", True, False):
         raise ConfigError(f"model.quick_gelu={m.quick_gelu!r} is not one of auto, true, false")
-    m.quick_gelu = "auto" if str(m.quick_gelu).lower() == "auto" else str(m.quick_gelu).lower() == "true"
     if not str(m.backbone).strip():
         raise ConfigError("model.backbone is empty: name an open_clip architecture (e.g. RN50, ViT-B-16)")
     _number(m.n_ctx, "model.n_ctx", 1, 64, integer=True)
@@ -134,6 +139,8 @@ def validate(cfg: Any) -> None:
     if "neg_scale" in lo.db:
         _number(lo.db["neg_scale"], "loss.db.neg_scale", 0, low_open=True)
     _mapping(lo.asl, ASL_PARAMS, "loss.asl", "asymmetric-loss")
+    classification = METHODS[r.method].classification or lo.classification
+    _mapping(lo.params, CLASSIFICATION_LOSSES[classification].params, "loss.params", f"'{classification}' loss")
     _choice(lo.cse_form, CSE_FORMS, "loss.cse_form")
     _choice(lo.cse_distance, CSE_DISTANCES, "loss.cse_distance")
     _number(lo.cse_margin, "loss.cse_margin", 0)
@@ -157,13 +164,8 @@ def validate(cfg: Any) -> None:
     _number(p.lr, "probe.lr", 0, low_open=True)
     _number(p.weight_decay, "probe.weight_decay", 0)
 
-    if d.dataset in ("voc-lt", "coco-lt") and not d.root:
-        raise ConfigError(f"data.root is not set: pass the folder that holds the {d.dataset} images, "
-                          f"e.g. data.root=/path/to/{'VOC' if d.dataset == 'voc-lt' else 'coco'} "
-                          "(see README: 'Reproduce LMPT on VOC-LT and COCO-LT').")
-    if d.dataset == "manifest" and not (d.train and d.test):
-        raise ConfigError("data.dataset=manifest needs data.train and data.test manifest files "
-                          "(CSV or JSON Lines; see README: 'Your own data').")
+    if check_source:
+        check_source_settings(d.dataset, {k: getattr(d, k) for k in ("root", "train", "val", "test")})
     if r.select == "val" and d.val_fraction == 0 and not d.val:
         raise ConfigError("run.select=val needs a validation split: set data.val_fraction > 0 or data.val=FILE")
 

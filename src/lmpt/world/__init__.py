@@ -36,7 +36,6 @@ from .clip import (
     WORLD_MODEL_CONFIG,
     WORLD_MODEL_NAME,
     get_world_tokenizer,
-    get_world_transform,
     register_world_models,
 )
 from .generate import GENERATOR_VERSION, default_sizes, generate_world, is_complete_world
@@ -45,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "WORLD_MODEL_NAME", "WORLD_CONTEXT_LENGTH", "WORLD_MODEL_CONFIG", "WorldInfo", "register_world_models",
-    "get_world_tokenizer", "get_world_transform", "world_key", "build_world", "load_world_dataset",
+    "get_world_tokenizer", "world_key", "build_world",
     "generate_world", "GENERATOR_VERSION", "default_sizes", "is_complete_world",
 ]
 
@@ -154,12 +153,3 @@ def build_world(cache_dir: Optional[Union[str, Path]] = None, num_classes: int =
     logger.info("world: %s ready in %.1fs (%s)", root.name, time.perf_counter() - t0,
                 "generated" if generated else "cached world" + ("" if pretrained else " and CLIP"))
     return info
-
-
-def load_world_dataset(info: WorldInfo):
-    """The world as a :class:`~lmpt.data.dataset.MultiLabelDataset` (train with captions, val, test), read from
-    its manifests like any user's data."""
-    from ..data.manifest import load_manifest_dataset
-
-    return load_manifest_dataset(info.train_manifest, info.test_manifest, val=info.val_manifest,
-                                 classes=info.classes_file)

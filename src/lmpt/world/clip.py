@@ -32,15 +32,3 @@ def get_world_tokenizer():
 
     register_world_models()
     return open_clip.get_tokenizer(WORLD_MODEL_NAME)
-
-
-def get_world_transform():
-    """Image preprocessing for world images: RGB tensor normalised with open_clip's mean/std.
-
-    World images are already 64 x 64 (other sizes are resized, bicubic, and centre-cropped).
-    The same as the ``preprocess_val`` of ``open_clip.create_model_and_transforms(WORLD_MODEL_NAME)``.
-    """
-    import open_clip
-
-    return open_clip.image_transform(WORLD_MODEL_CONFIG["vision_cfg"]["image_size"], is_train=False,
-                                     mean=IMAGE_MEAN, std=IMAGE_STD)

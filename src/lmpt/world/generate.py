@@ -28,6 +28,8 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
+from ..data.dataset import MultiLabelSplit, class_groups
+from ..data.manifest import write_manifest
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from ..progress import progress as progress_bar
 from .captions import make_caption, web_prefix
@@ -168,6 +170,19 @@ def _default_workers() -> int:
     return max(1, min(2, n))
 
 
+def _streams(num_classes: int, seed: int) -> list[np.random.Generator]:
+    """The world's random streams: class order, train, val, test, pretraining labels, caption noise."""
+    ss = np.random.SeedSequence([int(seed), int(num_classes), GENERATOR_VERSION])
+    return [np.random.default_rng(s) for s in ss.spawn(6)]
+
+
+def train_targets(num_classes: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """Training images wanted per class: the long-tailed profile, assigned to classes in the world seed's order."""
+    target = np.empty(num_classes, dtype=np.int64)
+    target[_streams(num_classes, seed)[0].permutation(num_classes)] = lt_profile(num_classes, scale)
+    return target
+
+
 def generate_world(out_dir: Union[str, Path], num_classes: int = 20, seed: int = 0, *, scale: float = 1.0,
                    sizes: Optional[dict] = None, workers: Optional[int] = None, progress: bool = True,
                    naming_range: Optional[tuple[float, float]] = None,
@@ -199,8 +214,7 @@ def generate_world(out_dir: Union[str, Path], num_classes: int = 20, seed: int =
     spec = make_spec(num_classes)
     classes = spec.classes
     looks = assign_looks(classes)
-    ss = np.random.SeedSequence([int(seed), int(num_classes), GENERATOR_VERSION])
-    r_perm, r_train, r_val, r_test, r_pre, r_name = (np.random.default_rng(s) for s in ss.spawn(6))
+    _, r_train, r_val, r_test, r_pre, r_name = _streams(num_classes, seed)
     naming_range = NAMING_RANGE if naming_range is None else tuple(naming_range)
     confusion_range = CONFUSION_RANGE if confusion_range is None else tuple(confusion_range)
     lo, hi = naming_range
@@ -213,9 +227,7 @@ def generate_world(out_dir: Union[str, Path], num_classes: int = 20, seed: int =
             mates = [j for j in range(num_classes) if j != i]
         confusion[c] = (classes[int(mates[r_name.integers(len(mates))])], round(float(r_name.uniform(lo, hi)), 3))
 
-    # long-tailed train targets: the profile, assigned to classes in a seeded random order
-    target = np.empty(num_classes, dtype=np.int64)
-    target[r_perm.permutation(num_classes)] = lt_profile(num_classes, scale)
+    target = train_targets(num_classes, seed, scale)
     jobs = {
         "train": sample_split(spec, target, r_train, pool_factor=10.0),
         "val": sample_balanced(spec, size["val"], r_val),
@@ -235,15 +247,9 @@ def generate_world(out_dir: Union[str, Path], num_classes: int = 20, seed: int =
 
     counts = {}
     for split in ("train", "val", "test"):
-        lines = []
-        caps = drawn[split][1]
-        for i, s in enumerate(jobs[split]):
-            rec = {"image": f"images/{split}/{i:06d}.png", "labels": [classes[c] for c in s.labels]}
-            if split == "train":
-                rec["caption"] = caps[i]
-            lines.append(json.dumps(rec))
-        atomic_write_text(out_dir / f"{split}.jsonl", "\n".join(lines) + "\n")
-        counts[split] = label_matrix(jobs[split], num_classes).sum(axis=0).astype(int).tolist()
+        labels = label_matrix(jobs[split], num_classes)
+        _write_manifest(out_dir, split, split, labels, classes, drawn[split][1] if split == "train" else None)
+        counts[split] = labels.sum(axis=0).astype(int).tolist()
     atomic_write_text(out_dir / "classes.txt", "\n".join(classes) + "\n")
     pre_arr, pre_caps = drawn["pretrain"]
     if pre_arr is None:
@@ -258,11 +264,7 @@ def generate_world(out_dir: Union[str, Path], num_classes: int = 20, seed: int =
     counts["pretrain"] = label_matrix(jobs["pretrain"], num_classes).sum(axis=0).astype(int).tolist()
 
     train_counts = np.asarray(counts["train"])
-    groups = {
-        "head": [classes[i] for i in np.flatnonzero(train_counts >= 100)],
-        "medium": [classes[i] for i in np.flatnonzero((train_counts >= 20) & (train_counts < 100))],
-        "tail": [classes[i] for i in np.flatnonzero(train_counts < 20)],
-    }
+    groups = {name: [classes[i] for i in idx] for name, idx in class_groups(train_counts).items()}
     index = set(classes)
     meta = {
         "generator_version": GENERATOR_VERSION,
@@ -295,6 +297,15 @@ def generate_world(out_dir: Union[str, Path], num_classes: int = 20, seed: int =
     return meta
 
 
+def _write_manifest(out_dir: Path, name: str, folder: str, labels: np.ndarray, classes: list[str],
+                    captions: Optional[list[str]]) -> Path:
+    """``out_dir/<name>.jsonl`` for the images ``out_dir/images/<folder>/000000.png, ...``, by the one manifest
+    writer (:func:`lmpt.data.manifest.write_manifest`)."""
+    paths = [str(out_dir / "images" / folder / f"{i:06d}.png") for i in range(len(labels))]
+    split = MultiLabelSplit(name=name, paths=paths, ids=paths, labels=labels, captions=captions)
+    return write_manifest(out_dir / f"{name}.jsonl", split, classes)
+
+
 def draw_extra_images(out_dir: Union[str, Path], n: int, num_classes: int = 20, seed: int = 0, draw_seed: int = 1,
                       *, workers: int = 1, progress: bool = False) -> Path:
     """``n`` fresh images of the ``(num_classes, seed)`` world, drawn like its val/test splits (equal class weights).
@@ -315,8 +326,4 @@ def draw_extra_images(out_dir: Union[str, Path], n: int, num_classes: int = 20, 
     ctx = {"classes": classes, "looks": assign_looks(classes), "seed": int(seed), "out_dir": str(out_dir),
            "partners": spec.partner, "stream": int(draw_seed), "folder": name}
     _render_all({"extra": sets}, ctx, max(1, int(workers)), progress)
-    lines = [json.dumps({"image": f"images/{name}/{i:06d}.png", "labels": [classes[c] for c in s.labels]})
-             for i, s in enumerate(sets)]
-    manifest = out_dir / f"{name}.jsonl"
-    atomic_write_text(manifest, "\n".join(lines) + "\n")
-    return manifest
+    return _write_manifest(out_dir, name, name, label_matrix(sets, num_classes), classes, None)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 __all__ = ["Scene", "SCENES", "PERSON", "PLURALS", "PAIRS", "plural", "pool_words", "num_scenes_for",
            "select_classes", "class_scenes"]
 
@@ -116,7 +118,7 @@ def select_classes(num_classes: int) -> list[str]:
     """
     total = len(pool_words())
     if not 2 <= num_classes <= total:
-        raise ValueError(f"num_classes must be between 2 and {total}, got {num_classes}")
+        raise ConfigError(f"a world has between 2 and {total} classes (its vocabulary), got {num_classes}")
     out = [PERSON]
     k = num_scenes_for(num_classes)
     for active in (SCENES[:k], SCENES):

@@ -1,44 +1,15 @@
-"""Builders: the loss, the model, the optimizer and the schedule of a run, from its config."""
+"""Builders: the prompt model, the optimizer and the schedule of a run, from its config (the loss:
+:mod:`lmpt.engine.train.loss`)."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
-from ..data.dataset import MultiLabelDataset
-from ..errors import UserError
-from ..losses import ClassSpecificEmbeddingLoss, LMPTLoss, build_classification_loss, db_preset
-from ..model import PromptCLIP
-from ..prompts import PromptConfig
-from .config import Config, OptimConfig
-
-
-def build_loss(cfg: Config, dataset: MultiLabelDataset) -> LMPTLoss:
-    """The classification loss (and the CSE loss, if on) with the counts of the images trained on."""
-    counts = dataset.train.class_counts
-    if (counts == 0).any():
-        missing = [dataset.class_names[i] for i in np.flatnonzero(counts == 0)[:5]]
-        raise UserError(f"classes without any training image: {', '.join(missing)}; every class needs one")
-    kwargs: dict[str, Any] = {}
-    name = cfg.loss.classification
-    if name == "db":
-        preset = cfg.loss.db_preset or (dataset.name if dataset.name in ("voc-lt", "coco-lt") else None)
-        if preset:
-            kwargs.update(db_preset(preset))
-        kwargs.update(cfg.loss.db)
-        kwargs["focal"] = cfg.loss.db_focal
-    elif name == "asl":
-        kwargs.update(cfg.loss.asl)
-    elif name == "focal":
-        kwargs["gamma"] = cfg.loss.focal_gamma
-    cls = build_classification_loss(name, counts, len(dataset.train), **kwargs)
-    cse = None
-    if cfg.loss.cse:
-        cse = ClassSpecificEmbeddingLoss(counts, margin=cfg.loss.cse_margin, gamma=cfg.loss.cse_gamma,
-                                         shift=cfg.loss.cse_shift, form=cfg.loss.cse_form,
-                                         distance=cfg.loss.cse_distance)
-    return LMPTLoss(cls, cse, lam=cfg.loss.lam if cse is not None else 1.0)
+from ...model import PromptCLIP
+from ...prompts import PromptConfig
+from ..config import Config, OptimConfig
+from ..methods import MethodKind
 
 
 def prompt_config(model_cfg: Any) -> PromptConfig:
@@ -61,6 +32,16 @@ def build_optimizer(name: str, params: list[torch.Tensor], lr: float, weight_dec
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     return cls(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+
+
+def optimizer_for(cfg: Config, kind: MethodKind, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimiser of a trained kind, from the config section the kind names (``optim`` or ``probe``).
+
+    A section without its own momentum (``probe``) uses ``optim.momentum`` (Adam's beta1 for AdamW).
+    """
+    section = getattr(cfg, kind.optimizer_section)
+    return build_optimizer(section.optimizer_name, params, section.lr, section.weight_decay,
+                           momentum=getattr(section, "momentum", cfg.optim.momentum))
 
 
 def build_scheduler(o: OptimConfig, optimizer: torch.optim.Optimizer, has_val: bool,

@@ -14,11 +14,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..calibration import Calibration, decision_metrics, expected_calibration_error, fit_calibration
-from ..data.dataset import MultiLabelDataset
-from ..metrics import scores_from_logits
-from .config import Config
-from .evaluate import THRESHOLDS
+from ...calibration import Calibration, decision_metrics, expected_calibration_error, fit_calibration
+from ...data.dataset import MultiLabelDataset
+from ...metrics import scores_from_logits
+from ..config import Config
+from .scoring import THRESHOLDS
 
 logger = logging.getLogger(__name__)
 

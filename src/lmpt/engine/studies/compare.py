@@ -10,33 +10,19 @@ comparisons use the images every compared run scored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.dataset import class_groups
-from ..io import atomic_path
-from ..metrics import scores_from_logits, weighted_average_precision
-
-LOGITS_FILE = "test_logits.npy"
-ROWS_FILE = "test_rows.npy"
-
-
-def save_test_logits(run_dir: Path, logits: Any, rows: Optional[np.ndarray] = None) -> None:
-    """Store a run's test logits (float32) for later comparisons; ``rows`` index the full test split."""
-    for name, array in ((LOGITS_FILE, np.asarray(logits, dtype=np.float32)),
-                        (ROWS_FILE, None if rows is None else np.asarray(rows, dtype=np.int64))):
-        if array is None:
-            (run_dir / name).unlink(missing_ok=True)
-            continue
-        with atomic_path(run_dir / name) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, array)
-
+from ...data.dataset import class_groups
+from ...metrics import scores_from_logits, weighted_average_precision
+from ..rundir.layout import RunLayout
 
 def _load(run_dir: Path, n_test: int) -> tuple[np.ndarray, np.ndarray]:
-    logits = np.load(run_dir / LOGITS_FILE)
-    rows = np.load(run_dir / ROWS_FILE) if (run_dir / ROWS_FILE).is_file() else np.arange(n_test)
+    layout = RunLayout(run_dir)
+    logits = np.load(layout / RunLayout.TEST_LOGITS)
+    rows_file = layout / RunLayout.TEST_ROWS
+    rows = np.load(rows_file) if rows_file.is_file() else np.arange(n_test)
     return logits, rows
 
 

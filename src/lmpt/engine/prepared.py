@@ -1,4 +1,4 @@
-"""From a config to what a run reads: the data set, the frozen backbone, cached features, captions."""
+"""From a config to what a run reads: the data set, the frozen backbone, cached image features, captions."""
 from __future__ import annotations
 
 import logging
@@ -92,21 +92,21 @@ def class_name_captions(split: MultiLabelSplit, class_names: list[str]) -> list[
     return out
 
 
-def train_captions(cfg: Config, prepared: Prepared) -> Optional[list[str]]:
-    """The captions the CSE loss uses, or None when it is off (see ``data.captions``)."""
-    split = prepared.dataset.train
+def train_captions(cfg: Config, dataset: MultiLabelDataset) -> Optional[list[str]]:
+    """The captions the CSE loss uses, or None when there are none (see ``data.captions``)."""
+    split = dataset.train
     mode = cfg.data.captions
     if mode == "off":
         return None
     if mode == "class-names":
-        return class_name_captions(split, prepared.class_names)
+        return class_name_captions(split, dataset.class_names)
     if split.captions is None or not any(c.strip() for c in split.captions):
         return None
     return split.captions
 
 
 def caption_embeddings(cfg: Config, prepared: Prepared, length: Optional[int] = None) -> Optional[CaptionEmbeddings]:
-    captions = train_captions(cfg, prepared)
+    captions = train_captions(cfg, prepared.dataset)
     if captions is None:
         return None
     model = prepared.backbone.model

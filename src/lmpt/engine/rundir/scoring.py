@@ -1,4 +1,4 @@
-"""Scoring cached features, and the metrics of the splits of a data set."""
+"""Scoring cached features, and the metrics of the splits of a data set (:func:`score_splits`)."""
 from __future__ import annotations
 
 import warnings
@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.dataset import MultiLabelDataset
-from ..metrics import evaluate_scores
-from ..model import cosine_logits
+from ...data.dataset import MultiLabelDataset
+from ...metrics import evaluate_scores
+from ...model import cosine_logits
 
 # Fixed thresholds of the CF1/OF1 figures: the reference's test.py uses 0.3 on softmax scores.
 THRESHOLDS = {"sigmoid": 0.5, "softmax": 0.3}
@@ -40,7 +40,7 @@ def split_metrics(logits: torch.Tensor, labels: np.ndarray, class_freq: np.ndarr
                            threshold_softmax=THRESHOLDS["softmax"])
 
 
-def evaluate_splits(dataset: MultiLabelDataset, logits_of: Callable[[str], Optional[torch.Tensor]],
+def score_splits(dataset: MultiLabelDataset, logits_of: Callable[[str], Optional[torch.Tensor]],
                     splits: Iterable[str] = ("test", "val"), quiet: bool = False) -> dict[str, dict[str, Any]]:
     """Metrics of every split in ``splits`` that exists; ``logits_of(split)`` gives its ``[N, C]`` logits.
 

@@ -1,5 +1,5 @@
-"""What a run writes: its folder, log file, TensorBoard scalars, history, ``metrics.json``, per-class CSV,
-the classifier checkpoint and the report."""
+"""What a run writes: its folder, log file, TensorBoard scalars, history, metrics, per-class CSV, test logits
+and the report (the file names: :class:`~lmpt.engine.rundir.layout.RunLayout`)."""
 from __future__ import annotations
 
 import csv
@@ -14,13 +14,14 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
-from .. import distributed as dist_utils
-from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text, stable_hash
-from .checkpoint import STATE_FILE
-from .config import Config
-from .data import Prepared
-from .evaluate import headline, per_class_rows
+from ... import distributed as dist_utils
+from ...errors import ConfigError
+from ...io import atomic_path, atomic_write_json, atomic_write_text, stable_hash
+from ..config import Config
+from ..prepared import Prepared
+from ..validation import RESUMABLE
+from .layout import RunLayout
+from .scoring import headline, per_class_rows
 
 logger = logging.getLogger(__name__)
 
@@ -41,27 +42,28 @@ def default_run_name(cfg: Config) -> str:
     return f"{cfg.data.dataset}-{backbone}-{cfg.run.method}-seed{cfg.run.seed}-{stamp}"
 
 
-def make_run_dir(cfg: Config, run_dir: Optional[Union[str, Path]] = None, resume: bool = False) -> Path:
+def make_run_dir(cfg: Config, run_dir: Optional[Union[str, Path]] = None, resume: bool = False) -> RunLayout:
     """The run folder (created); refuses to start a new run in a folder that already holds one."""
     path = Path(run_dir) if run_dir else Path(cfg.run.output_dir) / (cfg.run.name or default_run_name(cfg))
-    if not resume and dist_utils.is_main() and ((path / STATE_FILE).exists() or (path / "metrics.json").exists()):
+    layout = RunLayout(path)
+    if not resume and dist_utils.is_main() and layout.holds_run():
         raise ConfigError(f"run folder {path} already holds a run; continue it with `lmpt train --resume {path}` "
                           "or choose another run.name / run.output_dir")
     if dist_utils.is_main():
         path.mkdir(parents=True, exist_ok=True)
-    return path
+    return layout
 
 
 @contextmanager
-def run_log(run_dir: Path) -> Iterator[None]:
-    """Copy the ``lmpt`` loggers' records into ``run_dir/train.log`` while the block runs (rank 0 only).
+def run_log(layout: RunLayout) -> Iterator[None]:
+    """Copy the ``lmpt`` loggers' records into the run's log file while the block runs (rank 0 only).
 
     It adds a handler and sets no levels: what reaches it is decided where logging is set up (the CLI).
     """
     if not dist_utils.is_main():
         yield
         return
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(layout.log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("lmpt").addHandler(handler)
     try:
@@ -103,14 +105,14 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+def write_history(layout: RunLayout, history: list[dict[str, Any]]) -> None:
     if not history:
         return
     keys = list(history[0].keys())
     for row in history[1:]:
         keys += [k for k in row if k not in keys]
     lines = [",".join(keys)] + [",".join(fmt(row.get(k)) for k in keys) for row in history]
-    atomic_write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
+    atomic_write_text(layout / RunLayout.HISTORY, "\n".join(lines) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -134,8 +136,6 @@ def run_identity(cfg: Config, prepared: Prepared) -> dict[str, str]:
     Paths, devices and progress settings (``validation.RESUMABLE``) are left out of the config part; the data
     part hashes class names, image ids, labels and captions of every split, and the backbone's fingerprint.
     """
-    from .validation import RESUMABLE
-
     settings = cfg.to_dict()
     for section, keys in RESUMABLE.items():
         for key in keys:
@@ -176,15 +176,27 @@ def run_metrics(cfg: Config, prepared: Prepared, test: dict[str, Any], val: Opti
     }
 
 
-def write_run_files(run_dir: Path, prepared: Prepared, metrics: dict[str, Any], history: list[dict[str, Any]],
+def write_run_files(layout: RunLayout, prepared: Prepared, metrics: dict[str, Any], history: list[dict[str, Any]],
                     test: dict[str, Any]) -> None:
-    """``metrics.json``, ``per_class.csv`` and the report (rank 0)."""
+    """The metrics, the per-class CSV and the report (rank 0)."""
     from .report import write_run_report
 
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    write_csv(run_dir / "per_class.csv", per_class_rows(prepared.dataset, test))
-    write_run_report(run_dir, metrics, history)
+    atomic_write_json(layout.metrics, metrics)
+    write_csv(layout / RunLayout.PER_CLASS, per_class_rows(prepared.dataset, test))
+    write_run_report(layout, metrics, history)
     head = metrics["headline"]
     label = f" [{ORACLE_LABEL}]" if metrics["oracle"] else ""
     logger.info("test mAP (%s)%s: total %.4f head %.4f medium %.4f tail %.4f", metrics["protocol"], label,
                 head["total"], head["head"], head["medium"], head["tail"])
+
+
+def save_test_logits(layout: RunLayout, logits: Any, rows: Optional[np.ndarray] = None) -> None:
+    """Store a run's test logits (float32) for later comparisons; ``rows`` index the full test split."""
+    for name, array in ((RunLayout.TEST_LOGITS, np.asarray(logits, dtype=np.float32)),
+                        (RunLayout.TEST_ROWS, None if rows is None else np.asarray(rows, dtype=np.int64))):
+        if array is None:
+            (layout / name).unlink(missing_ok=True)
+            continue
+        with atomic_path(layout / name) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, array)

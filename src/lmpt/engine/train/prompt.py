@@ -1,4 +1,4 @@
-"""Prompt tuning on cached image features: the tensors of one run, the loss of a batch, evaluation.
+"""The ``prompt`` kind: prompt tuning on cached image features (LMPT, CoOp, CoOp + DB, and custom losses).
 
 Each step encodes the C class prompts with the frozen text transformer (cut to the longest EOT + 1),
 scores a batch of cached image features, and computes ``lam * L_cls + (1 - lam) * L_cse``. No image is
@@ -7,38 +7,41 @@ decoded or encoded during training.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..losses import LMPTLoss
-from ..model import cosine_logits
-from ..precision import autocast
-from ..prompts import cse_length, encode_token_embeddings
-from .builders import build_loss, build_prompt_model
-from .config import Config
-from .data import Prepared, caption_embeddings
-from .evaluate import logits_from_features
+from ...model import PromptCLIP, cosine_logits
+from ...precision import autocast
+from ...prompts import cse_length, encode_token_embeddings
+from ..config import Config
+from ..methods import METHOD_KINDS
+from ..prepared import Prepared, caption_embeddings
+from ..rundir.scoring import logits_from_features
+from .builders import build_prompt_model, prompt_config
+from .loss import resolve_loss
 from .step import ClassShard
 
 logger = logging.getLogger(__name__)
 
 
 class PromptTrainer:
-    """The model, loss and cached tensors of one prompt-tuning run."""
+    """The model, loss and cached tensors of one prompt-tuning run (a :class:`~.trainer.Trainer`)."""
 
-    kind = "prompt"
+    kind = METHOD_KINDS["prompt"]
 
     def __init__(self, cfg: Config, prepared: Prepared, device: torch.device) -> None:
         self.cfg = cfg
         self.prepared = prepared
         self.device = device
-        self.model = build_prompt_model(cfg, prepared.backbone, prepared.class_names, device)
-        self.loss_fn = build_loss(cfg, prepared.dataset).to(device)
-        self.params = self.model.trainable_parameters()
         ds = prepared.dataset
+        self.model = build_prompt_model(cfg, prepared.backbone, prepared.class_names, device)
+        self.loss_decision = resolve_loss(cfg, ds)
+        self.loss_fn = self.loss_decision.build(ds).to(device)
+        self.params = self.model.trainable_parameters()
         self.shard = ClassShard(ds.num_classes, device)
+        self.distributed = self.shard.active
         self.train_feats = F.normalize(prepared.features["train"].float(), dim=-1).to(device)
         self.train_labels = torch.as_tensor(ds.train.labels, dtype=torch.float32, device=device)
         self.scale = float(self.model.logit_scale)
@@ -49,14 +52,9 @@ class PromptTrainer:
         self.cse_len = self.prompt_len
         if self.loss_fn.cse_loss is not None:
             caps = caption_embeddings(cfg, prepared)
-            if caps is None:
-                logger.warning("the training split has no captions: the CSE loss is off for this run "
-                               "(set data.captions=class-names to build captions from the labels)")
-                self.loss_fn = LMPTLoss(self.loss_fn.cls_loss, None, lam=1.0)
-            else:
-                self.cse_len = cse_length(caps.length, self.prompt_len, cfg.loss.cse_shift, pl.context_length)
-                caps = caption_embeddings(cfg, prepared, length=self.cse_len)
-                self.captions = (caps.embeddings.to(device), caps.mask.to(device))
+            self.cse_len = cse_length(caps.length, self.prompt_len, cfg.loss.cse_shift, pl.context_length)
+            caps = caption_embeddings(cfg, prepared, length=self.cse_len)
+            self.captions = (caps.embeddings.to(device), caps.mask.to(device))
 
     @property
     def uses_cse(self) -> bool:
@@ -103,3 +101,11 @@ class PromptTrainer:
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_prompt_state(state)
+
+
+def prompt_head(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier of a prompt run's file: the learned prompts' text features times CLIP's logit scale."""
+    prompt = PromptCLIP(backbone, list(meta["class_names"]), prompt_config(meta["config"]["model"]))
+    prompt.load_prompt_state(tensors)
+    text = prompt.encode_text()
+    return backbone.logit_scale * F.normalize(text.float(), dim=-1), torch.zeros(len(meta["class_names"]))

@@ -1,4 +1,4 @@
-"""``lmpt export``: a run's classifier as one self-contained TorchScript file (see :mod:`lmpt.exported`).
+"""``lmpt export``: a run's classifier as one self-contained TorchScript file (see :mod:`lmpt.deploy`).
 
 The image tower is traced at the backbone's input size in float32; the class head is the run's
 :class:`~lmpt.engine.inference.Classifier` weights (text features computed once: no text tower at inference),
@@ -15,10 +15,10 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .. import __version__
-from ..errors import UserError
-from ..exported import EXPORT_VERSION, META_NAME
-from ..io import atomic_path
+from ... import __version__
+from ...errors import UserError
+from ...deploy.torchscript import EXPORT_VERSION, META_NAME
+from ...io import atomic_path
 from .inference import Classifier, load_run, preprocess_signature
 
 logger = logging.getLogger(__name__)

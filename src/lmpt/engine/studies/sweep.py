@@ -12,17 +12,17 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .. import distributed as dist_utils
-from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
+from ... import distributed as dist_utils
+from ...errors import ConfigError
+from ...io import atomic_write_json, atomic_write_text
+from ..config import Config, load_config
+from ..prepared import Prepared, prepare, resolve_device
+from ..rundir.layout import RunLayout, SweepLayout
+from ..rundir.outputs import ORACLE_LABEL, run_identity
+from ..rundir.report import GROUPS, mean_std, plot_group_bars, summary_table
+from ..train.run import run
+from ..validation import check_resume, validate
 from .compare import comparison_table, default_pairs, paired_differences
-from .config import Config, load_config
-from .data import Prepared, prepare, resolve_device
-from .methods import resolve_method
-from .outputs import ORACLE_LABEL, run_identity
-from .report import GROUPS, mean_std, plot_group_bars, summary_table
-from .run import run
-from .validation import check_resume, validate
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +37,19 @@ def _move_aside(run_dir: Path, why: str) -> None:
     print(f"note: {run_dir} {why}; kept as {target.name}, running it again")
 
 
-def _reusable(run_dir: Path, cfg: Config, prepared: Prepared) -> Optional[dict[str, Any]]:
+def _reusable(layout: RunLayout, cfg: Config, prepared: Prepared) -> Optional[dict[str, Any]]:
     """The finished run's metrics if it is the requested run; None (after moving a stale folder aside) otherwise."""
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("identity") == run_identity(resolve_method(cfg), prepared):
-            logger.info("reusing finished run %s", run_dir)
+    if layout.is_finished():
+        metrics = json.loads(layout.metrics.read_text())
+        if metrics.get("identity") == run_identity(cfg, prepared):
+            logger.info("reusing finished run %s", layout.root)
             return metrics
-        _move_aside(run_dir, "holds a run with other settings or data")
-    elif (run_dir / "config.yaml").is_file():
+        _move_aside(layout.root, "holds a run with other settings or data")
+    elif layout.config.is_file():
         try:
-            check_resume(resolve_method(load_config(run_dir / "config.yaml")), resolve_method(cfg), str(run_dir))
+            check_resume(load_config(layout.config), cfg, str(layout.root))
         except ConfigError:
-            _move_aside(run_dir, "holds an unfinished run with other settings")
+            _move_aside(layout.root, "holds an unfinished run with other settings")
     return None
 
 
@@ -64,8 +63,8 @@ def run_sweep(cfg: Config, methods: Sequence[str], seeds: Sequence[int], out_dir
     ``summary.png``; the summary compares every method with zero-shot and ``lmpt`` with ``coop-db``
     (paired bootstrap over test images, ``n_boot`` resamples; see :mod:`lmpt.engine.compare`).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = SweepLayout(out_dir)
+    out.root.mkdir(parents=True, exist_ok=True)
     if prepared is None:
         prepared = prepare(cfg, resolve_device(cfg.run.device))
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -76,12 +75,11 @@ def run_sweep(cfg: Config, methods: Sequence[str], seeds: Sequence[int], out_dir
             run_cfg.run.method = method
             run_cfg.run.seed = int(seed)
             validate(run_cfg)
-            run_dir = out / (method if method == "zeroshot" else f"{method}-seed{seed}")
-            metrics = _reusable(run_dir, run_cfg, prepared)
+            layout = out.run(method, seed, seeded=method != "zeroshot")
+            metrics = _reusable(layout, run_cfg, prepared)
             if metrics is None:
-                resume = (run_dir / "state.pt").is_file()
-                metrics = run(run_cfg, prepared=prepared, run_dir=run_dir, resume=resume).metrics
-            runs.setdefault(method, []).append({"seed": seed, "run_dir": str(run_dir), "headline": metrics["headline"],
+                metrics = run(run_cfg, prepared=prepared, run_dir=layout.root, resume=layout.state.is_file()).metrics
+            runs.setdefault(method, []).append({"seed": seed, "run_dir": str(layout.root), "headline": metrics["headline"],
                                                 "val": _val_headline(metrics), "oracle": metrics.get("oracle", False)})
             if on_run is not None:
                 on_run(method, seed, metrics)
@@ -114,9 +112,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]], cfg: Config) -> dict[str, A
             "selection": ORACLE_LABEL if oracle else cfg.run.select, "oracle": oracle}
 
 
-def write_summary(out: Path, summary: dict[str, Any], title: str) -> None:
-    """``summary.json``, ``summary.md`` and ``summary.png`` of a sweep (or the demo)."""
-    atomic_write_json(out / "summary.json", summary)
+def write_summary(out: SweepLayout, summary: dict[str, Any], title: str) -> None:
+    """The summary of a sweep (or the demo): JSON, markdown and a plot."""
+    atomic_write_json(out.summary_json, summary)
     note = (f"Test mAP (%), {summary['protocol']} protocol, mean ± sample std over seeds; "
             f"model selection: {summary['selection']}.")
     if summary["oracle"]:
@@ -131,10 +129,10 @@ def write_summary(out: Path, summary: dict[str, Any], title: str) -> None:
                  "methods). An interval that contains 0 means no measurable difference on this test set.", ""]
     if summary["val"]:
         text += ["## Validation mAP", "", summary_table(summary["val"]), ""]
-    text += ["![summary](summary.png)", ""]
-    atomic_write_text(out / "summary.md", "\n".join(text))
+    text += [f"![summary]({SweepLayout.SUMMARY_PNG})", ""]
+    atomic_write_text(out / SweepLayout.SUMMARY_MD, "\n".join(text))
     try:
-        plot_group_bars(out / "summary.png", {m: {g: v[g]["mean"] for g in GROUPS} for m, v in summary["methods"].items()},
+        plot_group_bars(out / SweepLayout.SUMMARY_PNG, {m: {g: v[g]["mean"] for g in GROUPS} for m, v in summary["methods"].items()},
                         title, errors={m: {g: v[g]["std"] for g in GROUPS} for m, v in summary["methods"].items()})
     except Exception as exc:
         logger.warning("could not draw the summary plot: %s", exc)

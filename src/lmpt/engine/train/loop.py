@@ -14,19 +14,19 @@ from typing import Any
 
 import torch
 
-from .. import distributed as dist_utils
-from ..errors import ConfigError, UserError
-from ..progress import progress
-from .builders import build_optimizer, build_scheduler
-from .checkpoint import MODEL_FILES, STATE_FILE, classifier_meta, load_state, save_state, save_weights
-from .compare import save_test_logits
-from .config import Config
-from .data import Prepared
-from .decide import add_decisions
-from .evaluate import evaluate_splits, headline
-from .outputs import ORACLE_LABEL, SELECTION_LABELS, RunResult, TensorBoardLog, run_metrics, write_history, \
-    write_run_files
+from ... import distributed as dist_utils
+from ...errors import ConfigError, UserError
+from ...progress import progress
+from ..config import Config
+from ..prepared import Prepared
+from ..rundir.checkpoint import load_state, save_state
+from ..rundir.finish import finish_run
+from ..rundir.layout import RunLayout
+from ..rundir.outputs import ORACLE_LABEL, SELECTION_LABELS, RunResult, TensorBoardLog, write_history
+from ..rundir.scoring import headline, score_splits
+from .builders import build_scheduler, optimizer_for
 from .step import grad_scaler, make_step
+from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +35,9 @@ class TrainingError(UserError):
     """Training cannot continue (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
-def _optimizer(cfg: Config, trainer) -> torch.optim.Optimizer:
-    if trainer.kind == "probe":
-        p = cfg.probe
-        return build_optimizer(p.optimizer, trainer.params, p.lr, p.weight_decay, momentum=cfg.optim.momentum)
-    o = cfg.optim
-    return build_optimizer(o.name, trainer.params, o.lr, o.weight_decay, momentum=o.momentum)
-
-
-def _restore(trainer, state: dict[str, Any], optimizer, scheduler, scaler, generator, run_dir: Path) -> None:
-    fingerprint = trainer.prepared.backbone.fingerprint
+def _restore(trainer: Trainer, prepared: Prepared, state: dict[str, Any], optimizer, scheduler, scaler, generator,
+             run_dir: Path) -> None:
+    fingerprint = prepared.backbone.fingerprint
     if state.get("backbone") not in (None, fingerprint):
         raise ConfigError(f"cannot resume {run_dir}: it was trained with backbone weights {state['backbone']}, "
                           f"but this run loads {fingerprint}; pass the model.pretrained it was started with")
@@ -57,13 +50,14 @@ def _restore(trainer, state: dict[str, Any], optimizer, scheduler, scaler, gener
     generator.set_state(state["generator"])
 
 
-def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
+def fit(cfg: Config, trainer: Trainer, prepared: Prepared, layout: RunLayout, resume: bool,
         timings: dict[str, float]) -> RunResult:
-    """Train ``trainer`` (a ``PromptTrainer`` or ``ProbeTrainer``) for ``optim.epochs`` and write the run."""
+    """Train ``trainer`` for ``optim.epochs`` and finish the run (:func:`~lmpt.engine.rundir.finish.finish_run`)."""
     o = cfg.optim
     main = dist_utils.is_main()
     device = trainer.device
-    optimizer = _optimizer(cfg, trainer)
+    run_dir = layout.root
+    optimizer = optimizer_for(cfg, trainer.kind, trainer.params)
     has_val = prepared.features.get("val") is not None
     if cfg.run.select == "val" and not has_val:
         raise ConfigError("run.select=val but this data set has no validation split (data.val_fraction=0?)")
@@ -74,11 +68,11 @@ def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": -1, "score": -math.inf, "weights": None}
     start_epoch = 0
-    state_path = run_dir / STATE_FILE
+    state_path = layout.state
     if resume:
         state = load_state(state_path)
         if state is not None:
-            _restore(trainer, state, optimizer, scheduler, scaler, generator, run_dir)
+            _restore(trainer, prepared, state, optimizer, scheduler, scaler, generator, run_dir)
             history, best, start_epoch = list(state["history"]), dict(state["best"]), int(state["epoch"])
             logger.info("resuming %s after epoch %d", run_dir, start_epoch)
             if main:
@@ -86,7 +80,7 @@ def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
         else:
             logger.info("no training state in %s: starting from scratch", run_dir)
 
-    tb = TensorBoardLog(run_dir / "tensorboard", enabled=main)
+    tb = TensorBoardLog(layout / RunLayout.TENSORBOARD, enabled=main)
     steps_per_epoch = (n + o.batch_size - 1) // o.batch_size
     protocol = cfg.run.protocol
     bar = progress(o.epochs, f"{cfg.run.method} seed {cfg.run.seed}", "epochs", enabled=main and cfg.run.progress,
@@ -94,8 +88,7 @@ def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
     t_train = time.perf_counter()
     trainer.train()
     sizes_needed = {min(o.batch_size, n)} | ({n % o.batch_size} if n % o.batch_size else set())
-    step_fn = make_step(trainer, optimizer, sizes_needed, cfg.run.cuda_graphs, scaler,
-                        distributed=getattr(getattr(trainer, "shard", None), "active", False))
+    step_fn = make_step(trainer, optimizer, sizes_needed, cfg.run.cuda_graphs, scaler, distributed=trainer.distributed)
     for epoch in range(start_epoch, o.epochs):
         t_epoch = time.perf_counter()
         perm = torch.randperm(n, generator=generator)
@@ -122,10 +115,10 @@ def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
                                "train_cse": float(mean[2]) if trainer.uses_cse else None}
         quiet = epoch > start_epoch
         if has_val:
-            val = evaluate_splits(prepared.dataset, trainer.logits, ("val",), quiet=quiet)["val"]
+            val = score_splits(prepared.dataset, trainer.logits, ("val",), quiet=quiet)["val"]
             row.update({f"val_{k}": v for k, v in headline(val, protocol).items()})
         if cfg.run.select == "test":
-            test_now = evaluate_splits(prepared.dataset, trainer.logits, ("test",), quiet=quiet)["test"]
+            test_now = score_splits(prepared.dataset, trainer.logits, ("test",), quiet=quiet)["test"]
             row.update({f"oracle_test_{k}": v for k, v in headline(test_now, protocol).items()})
         row["epoch_s"] = time.perf_counter() - t_epoch
         history.append(row)
@@ -143,7 +136,7 @@ def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
         bar.update(1)
         if main:
             tb.log(row)
-            write_history(run_dir, history)
+            write_history(layout, history)
             last = epoch + 1 == o.epochs
             if last or (epoch + 1) % max(1, cfg.run.checkpoint_every) == 0:
                 save_state(state_path, {
@@ -162,23 +155,9 @@ def fit(cfg: Config, trainer, prepared: Prepared, run_dir: Path, resume: bool,
         selected_epoch = best["epoch"]
     else:
         selected_epoch = o.epochs
-    t_eval = time.perf_counter()
-    logits = {split: trainer.logits(split) for split in ("test", "val")}
-    results = evaluate_splits(prepared.dataset, logits.get, ("test", "val"))
-    metrics = run_metrics(cfg, prepared, results["test"], results.get("val"),
-                          selection=SELECTION_LABELS[cfg.run.select], selected_epoch=selected_epoch)
-    calibration = add_decisions(cfg, prepared.dataset, lambda s: logits[s] if s in logits else trainer.logits(s),
-                                logits["test"], metrics)
-    timings["eval_s"] = time.perf_counter() - t_eval
-    metrics["timing"] = timings
-    if main:
-        meta = classifier_meta(cfg, prepared, trainer.kind, calibration, selected_epoch=selected_epoch,
-                               selection=metrics["selection"])
-        save_weights(run_dir / MODEL_FILES[trainer.kind], trainer.state(), meta)
-        save_test_logits(run_dir, logits["test"])
-        write_run_files(run_dir, prepared, metrics, history, results["test"])
-    dist_utils.barrier()
-    return RunResult(run_dir=run_dir, metrics=metrics, history=history)
+    return finish_run(cfg, prepared, layout, trainer.kind, trainer.logits, trainer.state(), timings,
+                      SELECTION_LABELS[cfg.run.select], selected_epoch, history=history,
+                      extra_metrics={"loss": trainer.loss_decision.to_dict()})
 
 
 __all__ = ["fit", "TrainingError", "ORACLE_LABEL"]

@@ -1,4 +1,4 @@
-"""Human-readable outputs: ``report.md`` with results tables and PNG plots, and sweep tables."""
+"""Human-readable outputs: a run's report with results tables and PNG plots, and sweep tables."""
 from __future__ import annotations
 
 import logging
@@ -8,8 +8,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..io import atomic_path, atomic_write_text
-from .evaluate import GROUPS
+from ...data.dataset import HEAD_MIN, TAIL_MAX
+from ...io import atomic_path, atomic_write_text
+from .layout import RunLayout
+from .scoring import GROUPS
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,8 @@ def plot_per_class_ap(path: Path, train_counts: Sequence[int], ap: Sequence[floa
     ax.set_xlabel("training images of the class (log scale)")
     ax.set_ylabel("test AP (%)")
     ax.set_title(title)
-    ax.axvline(100, color="grey", lw=0.6, ls="--")
-    ax.axvline(20, color="grey", lw=0.6, ls="--")
+    ax.axvline(HEAD_MIN, color="grey", lw=0.6, ls="--")
+    ax.axvline(TAIL_MAX, color="grey", lw=0.6, ls="--")
     ax.legend(loc="lower right")
     _save(fig, path)
     plt.close(fig)
@@ -145,13 +147,13 @@ def decisions_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_run_report(run_dir: Path, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
-    """``report.md`` plus ``per_class_ap.png``, ``groups.png`` and (for trained runs) ``curves.png``."""
+def write_run_report(layout: RunLayout, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """The report (markdown) with its plots: per-class AP, group bars and, for trained runs, the curves."""
     ds = metrics["dataset"]
     groups_named = ds["groups"]
     import csv
 
-    with open(run_dir / "per_class.csv") as f:
+    with open(layout / RunLayout.PER_CLASS) as f:
         rows = list(csv.DictReader(f))
     names = [r["class"] for r in rows]
     counts = [int(r["train_images"]) for r in rows]
@@ -161,10 +163,10 @@ def write_run_report(run_dir: Path, metrics: dict[str, Any], history: list[dict[
     oracle = metrics.get("oracle")
     title = f"{metrics['method']} on {ds['name']}" + (" [test-selected (oracle)]" if oracle else "")
     try:
-        plot_per_class_ap(run_dir / "per_class_ap.png", counts, ap, groups, names, title)
-        plot_group_bars(run_dir / "groups.png", {metrics["method"]: metrics["headline"]}, title)
+        plot_per_class_ap(layout / RunLayout.PLOT_PER_CLASS, counts, ap, groups, names, title)
+        plot_group_bars(layout / RunLayout.PLOT_GROUPS, {metrics["method"]: metrics["headline"]}, title)
         if history:
-            plot_curves(run_dir / "curves.png", history)
+            plot_curves(layout / RunLayout.PLOT_CURVES, history)
     except Exception as exc:  # plots are a convenience; never lose the run over them
         logger.warning("could not draw plots: %s", exc)
     bb = metrics["backbone"]
@@ -193,11 +195,12 @@ def write_run_report(run_dir: Path, metrics: dict[str, Any], history: list[dict[
     for g in ("head", "medium", "tail"):
         members = groups_named[g]
         lines.append(f"- {g} ({len(members)}): {', '.join(members) if members else '–'}")
-    lines += ["", "## Plots", "", "![per-class AP](per_class_ap.png)", "", "![groups](groups.png)", ""]
+    lines += ["", "## Plots", "", f"![per-class AP]({RunLayout.PLOT_PER_CLASS})", "",
+              f"![groups]({RunLayout.PLOT_GROUPS})", ""]
     if history:
-        lines += ["![curves](curves.png)", ""]
-    lines += ["Per-class AP: `per_class.csv`. All numbers: `metrics.json`.", ""]
-    atomic_write_text(run_dir / "report.md", "\n".join(lines))
+        lines += [f"![curves]({RunLayout.PLOT_CURVES})", ""]
+    lines += [f"Per-class AP: `{RunLayout.PER_CLASS}`. All numbers: `{RunLayout.METRICS}`.", ""]
+    atomic_write_text(layout / RunLayout.REPORT, "\n".join(lines))
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""An exported classifier (``lmpt export``): one TorchScript file, usable without the run folder or open_clip.
+"""An exported TorchScript classifier (``lmpt export --format torchscript``), usable without the run folder or
+open_clip.
 
 The file holds the frozen image tower and the class head (class text features computed once, CLIP's logit
 scale folded in; the linear probe's weights for ``linear-probe`` runs) as a traced module whose forward maps
@@ -14,22 +15,23 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ..predictor import Predicting
 
 META_NAME = "lmpt.json"
 EXPORT_VERSION = 1
 
 
-class ExportedClassifier:
+class ExportedClassifier(Predicting):
     """A loaded ``lmpt export`` file: preprocessing, the traced model and its decisions."""
 
     def __init__(self, module: torch.jit.ScriptModule, meta: dict[str, Any], device: Union[str, torch.device] = "cpu"):
-        from .data.images import transform_from_signature
+        from ..data.images import transform_from_signature
 
         self.module, self.meta, self.device = module, meta, torch.device(device)
         self.class_names: list[str] = list(meta["class_names"])
@@ -44,15 +46,6 @@ class ExportedClassifier:
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
         """Calibrated probabilities ``[B, C]`` of preprocessed images."""
         return self.logits_and_probabilities(images)[1].double().numpy()
-
-    def predict(self, inputs: Sequence[Union[str, Path]], threshold: Optional[float] = None,
-                top_k: Optional[int] = None, batch_size: int = 32, num_workers: int = 0, strict: bool = False,
-                show_progress: bool = False):
-        """Label images (files, folders, glob patterns, manifests); see :func:`lmpt.predictor.predict_paths`."""
-        from .predictor import collect_inputs, predict_paths
-
-        return predict_paths(self, collect_inputs(inputs), threshold=threshold, top_k=top_k, batch_size=batch_size,
-                             num_workers=num_workers, strict=strict, show_progress=show_progress)
 
 
 def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> ExportedClassifier:

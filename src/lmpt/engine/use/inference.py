@@ -14,21 +14,20 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..backbone import create_clip
-from ..calibration import Calibration
-from ..data.features import PreprocessConfig
-from ..data.images import transform_from_signature
-from ..errors import UserError
-from ..io import atomic_write_json
-from ..model import LinearProbe, PromptCLIP
-from ..predictor import Inputs, PredictResult, collect_inputs, predict_paths
-from .builders import prompt_config
-from .checkpoint import check_compatible, load_weights, model_file
-from .config import Config, config_from_dict
-from .data import prepare, resolve_device
-from .decide import test_decisions
-from .evaluate import evaluate_splits, logits_from_features
-from .outputs import ORACLE_LABEL, run_metrics
+from ...backbone import create_clip
+from ...calibration import Calibration
+from ...data.images import PreprocessConfig, transform_from_signature
+from ...errors import UserError
+from ...io import atomic_write_json
+from ...predictor import Predicting
+from ..config import Config, config_from_dict
+from ..methods import METHOD_KINDS
+from ..prepared import prepare, resolve_device
+from ..rundir.checkpoint import check_compatible, load_weights, model_file
+from ..rundir.decide import test_decisions
+from ..rundir.layout import RunLayout
+from ..rundir.outputs import ORACLE_LABEL, run_metrics
+from ..rundir.scoring import logits_from_features, score_splits
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,8 @@ logger = logging.getLogger(__name__)
 class Classifier(torch.nn.Module):
     """A run's classifier on image features, whatever the method: ``logits = norm(x) @ weight.T + bias``.
 
-    ``weight`` (``[C, D]``, CLIP's logit scale folded in) and ``bias`` come from the learned prompts' text
-    features, the zero-shot text features, or the linear probe.
+    ``weight`` (``[C, D]``, CLIP's logit scale folded in) and ``bias`` come from the run's kind's head
+    (the learned prompts' text features, the zero-shot text features, or the linear probe).
     """
 
     def __init__(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> None:
@@ -49,21 +48,8 @@ class Classifier(torch.nn.Module):
         self.calibrated = bool(meta.get("calibration"))  # files from before calibration: sigmoid and 0.5
         self.calibration = Calibration.from_dict(meta["calibration"]) if self.calibrated \
             else Calibration.identity(len(self.class_names))
-        scale = backbone.logit_scale
         with torch.no_grad():
-            if self.kind == "probe":
-                probe = LinearProbe(backbone.embed_dim, len(self.class_names), scale)
-                probe.load_state_dict(tensors)
-                weight, bias = probe.linear.weight * scale, probe.linear.bias
-            else:
-                if self.kind == "zeroshot":
-                    text = tensors["text_features"]
-                else:
-                    prompt = PromptCLIP(backbone, self.class_names, prompt_config(meta["config"]["model"]))
-                    prompt.load_prompt_state(tensors)
-                    text = prompt.encode_text()
-                weight = scale * torch.nn.functional.normalize(text.float(), dim=-1)
-                bias = torch.zeros(len(self.class_names))
+            weight, bias = METHOD_KINDS.lookup(self.kind).head_builder()(meta, tensors, backbone)
         self.register_buffer("weight", weight.detach().float().clone())
         self.register_buffer("bias", bias.detach().float().clone())
         self.eval()
@@ -103,7 +89,7 @@ def load_run(run: Union[str, Path], weights: Optional[str] = None, device: Union
     return LoadedRun(run_dir=path.parent, cfg=cfg, meta=meta, model=model)
 
 
-def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), write: bool = True) -> dict[str, Any]:
+def reevaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), write: bool = True) -> dict[str, Any]:
     """Recompute a run's metrics, and its decisions at the stored calibration, from its classifier file."""
     run_dir = Path(run_dir)
     path = model_file(run_dir)
@@ -115,19 +101,20 @@ def evaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), write
     model = Classifier(meta, tensors, prepared.backbone).to(device)
     logits = {s: model.feature_logits(prepared.features[s]) for s in ("test", "val")
               if prepared.features.get(s) is not None}
-    results = evaluate_splits(prepared.dataset, logits.get)
+    results = score_splits(prepared.dataset, logits.get)
     metrics = run_metrics(cfg, prepared, results["test"], results.get("val"), selection=meta.get("selection", "?"),
                           selected_epoch=meta.get("selected_epoch"))
     metrics["oracle"] = meta.get("selection") == ORACLE_LABEL
     if model.calibrated:
         metrics["decisions"] = test_decisions(model.calibration, logits["test"], prepared.dataset.test.labels)
     if write:
-        atomic_write_json(path.parent / "eval.json", metrics)
+        atomic_write_json(RunLayout(path.parent) / RunLayout.EVAL, metrics)
     return metrics
 
 
-class RunScorer:
-    """A loaded run as a :class:`lmpt.predictor.Scorer`: its preprocessing, calibrated probabilities, thresholds."""
+class RunScorer(Predicting):
+    """A loaded run as a :class:`lmpt.predictor.Scorer`: its preprocessing, calibrated probabilities, thresholds;
+    ``predict(inputs)`` labels images (:meth:`lmpt.predictor.Predicting.predict`)."""
 
     def __init__(self, run: LoadedRun) -> None:
         self.model = run.model
@@ -149,13 +136,3 @@ class RunScorer:
 def preprocess_signature(meta: dict[str, Any], backbone) -> dict[str, Any]:
     """The resolved preprocessing a classifier was trained with (mode, size, mean, std, interpolation)."""
     return PreprocessConfig(mode=meta.get("preprocess", "reference")).resolve(backbone)
-
-
-def predict_images(run: LoadedRun, inputs: Union[Inputs, Sequence[Union[str, Path]]], threshold: Optional[float] = None,
-                   top_k: Optional[int] = None, batch_size: int = 32, num_workers: int = 0, strict: bool = False,
-                   show_progress: bool = False) -> PredictResult:
-    """Calibrated probabilities for every class and the chosen labels (each class's threshold, ``threshold`` for
-    all, or the top ``k``) of images, folders, glob patterns or manifests."""
-    inputs = inputs if isinstance(inputs, Inputs) else collect_inputs(inputs)
-    return predict_paths(RunScorer(run), inputs, threshold=threshold, top_k=top_k, batch_size=batch_size,
-                         num_workers=num_workers, strict=strict, show_progress=show_progress)

@@ -1,11 +1,13 @@
 """Checkpoints: the trained classifier (safetensors + metadata) and the resumable training state.
 
-* ``prompt.safetensors`` (prompt methods: the learned context ``ctx``) or ``probe.safetensors``
-  (``linear-probe``: ``linear.weight``, ``linear.bias``), with JSON metadata: backbone name and weights
-  fingerprint, class names, resolved config, which epoch and how it was selected, the preprocessing.
-  This is what ``lmpt eval``, ``lmpt predict`` and ``lmpt export`` load.
-* ``state.pt``: everything needed to continue a killed run bit for bit on the CPU (weights, optimiser,
-  scheduler and loss-scaler state, the sampling RNG, history, best-so-far). Written after every epoch.
+* The classifier file (its name is the method kind's, :mod:`lmpt.engine.methods`): the learned tensors
+  (the prompt context ``ctx``; the probe's ``linear.weight`` and ``linear.bias``; zero-shot text features) with
+  JSON metadata: backbone name and weights fingerprint, class names, config, which epoch and how it was
+  selected, the preprocessing and the calibration. This is what ``lmpt eval``, ``lmpt predict`` and
+  ``lmpt export`` load.
+* The training state (:attr:`RunLayout.STATE`): everything needed to continue a killed run bit for bit on the
+  CPU (weights, optimiser, scheduler and loss-scaler state, the sampling RNG, history, best-so-far). Written
+  after every epoch.
 
 Both are written atomically: a crash while writing leaves the previous file intact.
 """
@@ -13,24 +15,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from ..backbone import CLIPBackbone
-from ..errors import CheckpointError
-from ..io import atomic_path
+from ...backbone import CLIPBackbone
+from ...calibration import Calibration
+from ...errors import CheckpointError
+from ...io import atomic_path
+from ..config import Config
+from ..methods import METHOD_KINDS, MethodKind, weights_files
+from ..prepared import Prepared
+from .layout import RunLayout
 
-if TYPE_CHECKING:
-    from ..calibration import Calibration
-    from .config import Config
-    from .data import Prepared
-
-PROMPT_FILE = "prompt.safetensors"
-PROBE_FILE = "probe.safetensors"
-ZEROSHOT_FILE = "zeroshot.safetensors"
-MODEL_FILES = {"prompt": PROMPT_FILE, "probe": PROBE_FILE, "zeroshot": ZEROSHOT_FILE}
-STATE_FILE = "state.pt"
 FORMAT_VERSION = 2
 
 
@@ -44,11 +41,11 @@ def save_weights(path: Union[str, Path], tensors: dict[str, torch.Tensor], meta:
                   metadata={"lmpt": json.dumps(meta)})
 
 
-def classifier_meta(cfg: "Config", prepared: "Prepared", kind: str, calibration: "Calibration", **extra: Any
+def classifier_meta(cfg: Config, prepared: Prepared, kind: MethodKind, calibration: Calibration, **extra: Any
                     ) -> dict[str, Any]:
     """The metadata a classifier file carries: backbone, class names, config, preprocessing and calibration."""
     meta = {"backbone": prepared.backbone.describe(), "class_names": prepared.dataset.class_names,
-            "config": cfg.to_dict(), "method": cfg.run.method, "kind": kind,
+            "config": cfg.to_dict(), "method": cfg.run.method, "kind": kind.name,
             "logit_scale": prepared.backbone.logit_scale,
             "preprocess": cfg.data.preprocess, "calibration": calibration.to_dict()}
     meta.update(extra)
@@ -59,15 +56,15 @@ def model_file(path: Union[str, Path]) -> Path:
     """The classifier file of a run folder (or the file itself)."""
     path = Path(path)
     if path.is_dir():
-        for name in MODEL_FILES.values():  # a folder holds one of them
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"no classifier in {path}: pass a run folder written by `lmpt train` or "
-                              f"`lmpt zeroshot` (it holds {PROMPT_FILE}, {PROBE_FILE} or {ZEROSHOT_FILE}) or the "
-                              ".safetensors file itself")
+        found = RunLayout(path).find_weights()
+        if found is None:
+            raise CheckpointError(f"no classifier in {path}: pass a run folder written by `lmpt train` or "
+                                  f"`lmpt zeroshot` (it holds {' or '.join(weights_files())}) or the .safetensors "
+                                  "file itself")
+        return found
     if not path.is_file():
         raise CheckpointError(f"no classifier file at {path}: pass a run folder written by `lmpt train` "
-                              f"or its {PROMPT_FILE} / {PROBE_FILE}")
+                              f"or its {' / '.join(weights_files())}")
     return path
 
 
@@ -84,7 +81,7 @@ def load_weights(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[
         raise CheckpointError(f"{path} is not a readable lmpt classifier file ({type(exc).__name__}: {exc})") from None
     if not meta:
         raise CheckpointError(f"{path} has no lmpt metadata; was it written by `lmpt train`?")
-    meta.setdefault("kind", {v: k for k, v in MODEL_FILES.items()}.get(path.name, "prompt"))
+    meta.setdefault("kind", next((k.name for k in METHOD_KINDS.values() if k.weights_file == path.name), "prompt"))
     return tensors, meta
 
 

@@ -1,4 +1,4 @@
-"""The ``linear-probe`` method: ``Linear(D, C)`` trained on the cached frozen image features.
+"""The ``probe`` kind (the ``linear-probe`` method): ``Linear(D, C)`` trained on the cached frozen image features.
 
 The reference's "CLIP fine-tune" row (``finetune_clip/fc.py``) trains ``Linear(1024, C)`` on CLIP's image
 features with the DB loss and AdamW (lr 1e-4); its attempt to freeze the image encoder is a no-op, but its
@@ -8,23 +8,24 @@ prompt methods), so a run takes seconds.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..model import LinearProbe
-from ..zeroshot import zeroshot_text_features
-from .builders import build_loss
-from .config import Config
-from .data import Prepared
+from ...model import LinearProbe
+from ...zeroshot import zeroshot_text_features
+from ..config import Config
+from ..methods import METHOD_KINDS
+from ..prepared import Prepared
+from .loss import resolve_loss
 
 
 class ProbeTrainer:
-    """The probe, loss and cached tensors of one linear-probe run (the same interface as ``PromptTrainer``)."""
+    """The probe, loss and cached tensors of one linear-probe run (a :class:`~.trainer.Trainer`)."""
 
-    kind = "probe"
-    uses_cse = False
+    kind = METHOD_KINDS["probe"]
+    distributed = False  # every rank computes the same full loss: nothing to sum
 
     def __init__(self, cfg: Config, prepared: Prepared, device: torch.device) -> None:
         self.cfg = cfg
@@ -39,12 +40,13 @@ class ProbeTrainer:
             backbone.model.to("cpu")
         torch.manual_seed(cfg.run.seed)
         self.model = LinearProbe(backbone.embed_dim, ds.num_classes, scale, init).to(device)
-        loss_cfg = cfg.copy()
-        loss_cfg.loss.cse = False
-        self.loss_fn = build_loss(loss_cfg, ds).to(device)
+        self.loss_decision = resolve_loss(cfg, ds, uses_captions=False)
+        self.loss_fn = self.loss_decision.build(ds).to(device)
         self.params = list(self.model.parameters())
         self.train_feats = F.normalize(prepared.features["train"].float(), dim=-1).to(device)
         self.train_labels = torch.as_tensor(ds.train.labels, dtype=torch.float32, device=device)
+
+    uses_cse = False
 
     def train(self) -> None:
         self.model.train()
@@ -70,3 +72,11 @@ class ProbeTrainer:
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict({k: v.to(self.device) for k, v in state.items()})
+
+
+def probe_head(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier of a probe run's file: the layer on normalised features, CLIP's logit scale folded in."""
+    scale = backbone.logit_scale
+    probe = LinearProbe(backbone.embed_dim, len(meta["class_names"]), scale)
+    probe.load_state_dict(tensors)
+    return probe.linear.weight * scale, probe.linear.bias

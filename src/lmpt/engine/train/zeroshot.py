@@ -1,4 +1,4 @@
-"""Zero-shot CLIP as a run: class text features from prompt templates, no training.
+"""The ``zeroshot`` kind: zero-shot CLIP as a run, class text features from prompt templates, no training.
 
 Two protocols (``run.zeroshot_protocol``):
 
@@ -15,24 +15,26 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
-from typing import Any, Optional
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .. import distributed as dist_utils
-from ..data.dataset import MultiLabelDataset
-from ..zeroshot import zeroshot_text_features
-from .checkpoint import ZEROSHOT_FILE, classifier_meta, save_weights
-from .compare import save_test_logits
-from .config import Config
-from .data import Prepared, split_features
-from .decide import add_decisions
-from .evaluate import evaluate_splits, logits_from_features
-from .outputs import RunResult, run_identity, run_metrics, write_run_files
+from ...data.dataset import MultiLabelDataset
+from ...zeroshot import zeroshot_text_features
+from ..config import Config
+from ..methods import METHOD_KINDS
+from ..prepared import Prepared, split_features
+from ..rundir.finish import finish_run
+from ..rundir.layout import RunLayout
+from ..rundir.outputs import RunResult, run_identity
+from ..rundir.scoring import logits_from_features
 
 logger = logging.getLogger(__name__)
+
+KIND = METHOD_KINDS["zeroshot"]
 
 
 def _reference_names(dataset: MultiLabelDataset) -> list[str]:
@@ -42,8 +44,6 @@ def _reference_names(dataset: MultiLabelDataset) -> list[str]:
 
 def _labelled_only(dataset: MultiLabelDataset) -> tuple[MultiLabelDataset, dict[str, np.ndarray]]:
     """The data set with label-less val/test images dropped, and the rows kept per split."""
-    from dataclasses import replace
-
     keep = {}
     splits = {}
     for name in ("val", "test"):
@@ -56,8 +56,9 @@ def _labelled_only(dataset: MultiLabelDataset) -> tuple[MultiLabelDataset, dict[
     return replace(dataset, **splits), keep
 
 
-def run_zeroshot(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.device,
+def run_zeroshot(cfg: Config, prepared: Prepared, layout: RunLayout, device: torch.device,
                  timings: dict[str, float]) -> RunResult:
+    """Score the splits with zero-shot text features and finish the run (no training)."""
     t0 = time.perf_counter()
     backbone = prepared.backbone
     dataset = prepared.dataset
@@ -78,32 +79,29 @@ def run_zeroshot(cfg: Config, prepared: Prepared, run_dir: Path, device: torch.d
     text = zeroshot_text_features(backbone, names, templates, device=device)
     backbone.model.to("cpu")
     scale = backbone.logit_scale
-    logits = {s: logits_from_features(features[s], text.cpu(), scale) for s in ("test", "val")
-              if features.get(s) is not None and getattr(dataset, s) is not None}
-    results = evaluate_splits(dataset, logits.get)
     view = Prepared(dataset=dataset, backbone=backbone, features=features)
-    metrics: dict[str, Any] = run_metrics(cfg, view, results["test"], results.get("val"), selection=selection,
-                                          selected_epoch=None)
 
-    def logits_of(split: str) -> Optional[torch.Tensor]:
-        if split not in logits and split == "train":
-            feats = features["train"] if cfg.run.zeroshot_protocol != "reference" else \
-                split_features(cfg, backbone, dataset.train, device, preprocess="clip")
-            logits["train"] = logits_from_features(feats, text.cpu(), scale)
-        return logits.get(split)
+    def logits_of(split: str) -> Any:
+        if split == "train" and cfg.run.zeroshot_protocol == "reference":
+            features["train"] = split_features(cfg, backbone, dataset.train, device, preprocess="clip")
+        feats = features.get(split)
+        if feats is None or getattr(dataset, split) is None:
+            return None
+        return logits_from_features(feats, text.cpu(), scale)
 
-    calibration = add_decisions(cfg, dataset, logits_of, logits["test"], metrics)
     timings["eval_s"] = time.perf_counter() - t0
-    metrics["identity"] = run_identity(cfg, prepared)  # the data the run was asked to read, not its view of it
-    metrics["zeroshot"] = {"protocol": cfg.run.zeroshot_protocol, "templates": templates, "class_names": names}
-    metrics["timing"] = timings
-    if dist_utils.is_main():
-        preprocess = "clip" if cfg.run.zeroshot_protocol == "reference" else cfg.data.preprocess
-        meta = classifier_meta(cfg, view, "zeroshot", calibration, selection=selection, selected_epoch=None,
-                               preprocess=preprocess, zeroshot=metrics["zeroshot"])
-        save_weights(run_dir / ZEROSHOT_FILE, {"text_features": text.float().cpu()}, meta)
-        write_run_files(run_dir, view, metrics, [], results["test"])
-        rows = keep.get("test")
-        save_test_logits(run_dir, logits["test"], rows if rows is not None and len(rows) < len(prepared.dataset.test)
-                         else None)
-    return RunResult(run_dir=run_dir, metrics=metrics, history=[])
+    info = {"protocol": cfg.run.zeroshot_protocol, "templates": templates, "class_names": names}
+    rows = keep.get("test")
+    return finish_run(
+        cfg, prepared, layout, KIND, logits_of, {"text_features": text.float().cpu()}, timings, selection, None,
+        view=view, test_rows=rows if rows is not None and len(rows) < len(prepared.dataset.test) else None,
+        extra_meta={"preprocess": "clip" if cfg.run.zeroshot_protocol == "reference" else cfg.data.preprocess,
+                    "zeroshot": info},
+        # the data the run was asked to read, not its view of it
+        extra_metrics={"identity": run_identity(cfg, prepared), "zeroshot": info})
+
+
+def zeroshot_head(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier of a zero-shot run's file: its text features times CLIP's logit scale."""
+    text = tensors["text_features"]
+    return backbone.logit_scale * F.normalize(text.float(), dim=-1), torch.zeros(len(meta["class_names"]))

@@ -8,26 +8,16 @@ single-process gradient).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from .. import distributed as dist_utils
-from ..precision import resolve_precision
+from ... import distributed as dist_utils
+from ...precision import resolve_precision
+from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
-
-
-class Trainable(Protocol):
-    """What a step needs from a run's model: its parameters, the loss of a batch, and the gradient sync."""
-
-    device: torch.device
-    params: list[torch.nn.Parameter]
-
-    def loss(self, idx: torch.Tensor, flip: torch.Tensor) -> dict[str, Optional[torch.Tensor]]: ...
-
-    def all_reduce_grads(self) -> None: ...
 
 
 class ClassShard:
@@ -95,7 +85,7 @@ def grad_scaler(device: torch.device, precision: str) -> Optional[torch.amp.Grad
 class EagerStep:
     """One optimiser step: forward, backward (scaled under fp16), gradient sync, update."""
 
-    def __init__(self, task: Trainable, optimizer: torch.optim.Optimizer,
+    def __init__(self, task: Trainer, optimizer: torch.optim.Optimizer,
                  scaler: Optional[torch.amp.GradScaler] = None) -> None:
         self.task, self.optimizer, self.scaler = task, optimizer, scaler
 
@@ -123,7 +113,7 @@ class GraphedStep:
     inside the graph), and the optimiser step runs eagerly so the learning rate can change.
     """
 
-    def __init__(self, task: Trainable, optimizer: torch.optim.Optimizer, batch_sizes: set[int]) -> None:
+    def __init__(self, task: Trainer, optimizer: torch.optim.Optimizer, batch_sizes: set[int]) -> None:
         self.task = task
         self.optimizer = optimizer
         self.graphs: dict[int, tuple] = {}
@@ -164,7 +154,7 @@ class GraphedStep:
         return stats.clone()
 
 
-def make_step(task: Trainable, optimizer: torch.optim.Optimizer, batch_sizes: set[int], mode: str = "auto",
+def make_step(task: Trainer, optimizer: torch.optim.Optimizer, batch_sizes: set[int], mode: str = "auto",
               scaler: Optional[torch.amp.GradScaler] = None, distributed: bool = False
               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The step function: a replayed CUDA graph where possible (``mode`` auto/on), else :class:`EagerStep`."""

@@ -19,11 +19,12 @@ from typing import Any, Optional, Sequence, Union
 
 import yaml
 
-from ..io import atomic_write_json, atomic_write_text
-from .config import load_config
-from .data import prepare
+from ...io import atomic_write_json, atomic_write_text
+from ..config import Config, load_config
+from ..prepared import prepare
+from ..rundir.layout import SweepLayout
+from ..rundir.report import summary_table
 from .compare import comparison_table
-from .report import summary_table
 from .sweep import run_sweep
 
 logger = logging.getLogger(__name__)
@@ -56,11 +57,22 @@ def world_config_file(world: Any, path: Union[str, Path]) -> Path:
     return path
 
 
+def world_run_config(overrides: Sequence[str] = ()) -> Config:
+    """The built-in ``world`` config pointed at the default world (built on first use, then cached), with
+    ``overrides`` on top: what ``lmpt train world`` runs.
+
+    The overrides are checked before the world is built (minutes on the first call); they may name its cache
+    folder (``data.cache_dir``).
+    """
+    cache = load_config("world", overrides, check_source=False).data.cache_dir
+    return load_config("world", world_overrides(build_demo_world(cache_dir=cache)) + list(overrides))
+
+
 def build_demo_world(num_classes: int = 20, world_seed: int = 0, quick: bool = False,
                      cache_dir: Optional[str] = None, world_options: Optional[dict[str, Any]] = None,
                      progress: bool = True):
     """The demo's world (built on first use, then cached)."""
-    from ..world import build_world
+    from ...world import build_world
 
     kwargs: dict[str, Any] = {}
     if quick:
@@ -80,7 +92,8 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     and smoke runs; ``overrides`` are config overrides (``optim.epochs=2``).
     """
     t_start = time.perf_counter()
-    out = Path(out_dir)
+    layout = SweepLayout(out_dir)
+    out = layout.root
     out.mkdir(parents=True, exist_ok=True)
     if seeds is None:
         seed_list = [0] if quick else [0, 1, 2]
@@ -98,7 +111,7 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     if quick:
         settings.append(f"optim.epochs={QUICK['epochs']}")
     cfg = load_config("world", settings + list(overrides))
-    world_config_file(world, out / "world.yaml")
+    world_config_file(world, layout / SweepLayout.WORLD_CONFIG)
     t_world = time.perf_counter() - t0
 
     _say("[2/4] image features (cached after the first run)")
@@ -131,20 +144,20 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     summary["timing"] = timing
     summary["overrides"] = list(overrides)
     summary["world"] = {"root": str(world.root), "classes": num_classes, "seed": world_seed, "quick": quick,
-                        "clip": world.metadata.get("clip", {}), "config": str(out / "world.yaml")}
-    atomic_write_json(out / "summary.json", summary)
-    _write_demo_readme(out, summary, quick)
+                        "clip": world.metadata.get("clip", {}), "config": str(layout / SweepLayout.WORLD_CONFIG)}
+    atomic_write_json(layout.summary_json, summary)
+    _write_demo_readme(layout, summary, quick)
     _say(summary_table(summary["methods"], f"Test mAP (%), {summary['protocol']} protocol, mean ± std over "
                                            f"{len(seed_list)} seed(s); selection: {summary['selection']}."))
     if summary.get("comparisons"):
         _say("\nPaired differences (points, 95% bootstrap interval over test images):\n"
              + comparison_table(summary["comparisons"]))
-    _say(f"wrote {out / 'summary.md'} and {out / 'summary.json'} in {timing['total_s']:.0f} s; "
-         f"more runs on this world: lmpt train {out / 'world.yaml'} --method coop-db")
+    _say(f"wrote {layout / SweepLayout.SUMMARY_MD} and {layout.summary_json} in {timing['total_s']:.0f} s; "
+         f"more runs on this world: lmpt train {layout / SweepLayout.WORLD_CONFIG} --method coop-db")
     return summary
 
 
-def _write_demo_readme(out: Path, summary: dict[str, Any], quick: bool) -> None:
+def _write_demo_readme(layout: SweepLayout, summary: dict[str, Any], quick: bool) -> None:
     text = [
         "# lmpt demo: what this is",
         "",
@@ -166,4 +179,4 @@ def _write_demo_readme(out: Path, summary: dict[str, Any], quick: bool) -> None:
             f"`{o}`" for o in summary["overrides"]) + "."]
     if quick:
         text += ["", "**--quick**: a smaller world, a short pretraining and one seed: a smoke test, not a result."]
-    atomic_write_text(out / "README.md", "\n".join(text) + "\n")
+    atomic_write_text(layout / SweepLayout.README, "\n".join(text) + "\n")

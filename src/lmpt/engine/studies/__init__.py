@@ -1,0 +1,1 @@
+"""Many runs: sweeps over methods and seeds, paired comparisons, the demo."""

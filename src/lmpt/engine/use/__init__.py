@@ -1,0 +1,1 @@
+"""A finished run as a classifier: rebuilt for lmpt eval and lmpt predict, exported for deployment."""
