@@ -57,6 +57,8 @@ class CLIPBackbone:
         image_size: input resolution of the image tower.
         mean, std: the image normalisation the weights were trained with.
         tokenizer: callable ``list[str] -> LongTensor[N, context_length]``.
+        weights_fingerprint: the fingerprint of the weights as loaded; ``fingerprint`` changes from it when
+            the BatchNorm statistics are re-estimated (``model.batchnorm=adapt``, :meth:`refresh_fingerprint`).
     """
 
     model: nn.Module
@@ -68,6 +70,16 @@ class CLIPBackbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     tokenizer: Callable[..., torch.Tensor] = field(repr=False)
+    weights_fingerprint: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.weights_fingerprint is None:
+            self.weights_fingerprint = self.fingerprint
+
+    def refresh_fingerprint(self) -> str:
+        """Recompute :attr:`fingerprint` from the model's current tensors (after its BatchNorm statistics changed)."""
+        self.fingerprint = state_dict_fingerprint(self.model, f"{self.model_name}|quick_gelu={self.quick_gelu}")
+        return self.fingerprint
 
     @property
     def context_length(self) -> int:
@@ -90,7 +102,7 @@ class CLIPBackbone:
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable identity, stored with runs, checkpoints and caches."""
         return {"model": self.model_name, "pretrained": self.pretrained, "fingerprint": self.fingerprint,
-                "quick_gelu": self.quick_gelu, "image_size": self.image_size,
+                "weights_fingerprint": self.weights_fingerprint, "quick_gelu": self.quick_gelu, "image_size": self.image_size,
                 "mean": list(self.mean), "std": list(self.std)}
 
 

@@ -94,15 +94,21 @@ class PromptCLIP(nn.Module):
 class LinearProbe(nn.Module):
     """``Linear(D, C)`` on frozen image features: the reference's "CLIP fine-tune" baseline (``finetune_clip/fc.py``).
 
-    The input is the L2-normalised image feature times CLIP's logit scale (the reference feeds the raw
-    feature; scaling a unit vector makes the zero-shot initialisation exact and keeps AdamW's step size
-    meaningful whatever the backbone's feature norm). ``init_text_features`` (``[C, D]``, normalised) starts
-    the layer at zero-shot CLIP: weights = class text features, bias = 0.
+    ``input="scaled"`` (default): the input is the L2-normalised image feature times CLIP's logit scale (scaling
+    a unit vector makes the zero-shot initialisation exact and keeps AdamW's step size meaningful whatever the
+    backbone's feature norm). ``input="raw"``: the raw image feature, as the reference feeds it
+    (``logits = W x + b``). ``init_text_features`` (``[C, D]``, normalised) starts the layer at zero-shot CLIP:
+    weights = class text features, bias = 0 (exactly zero-shot's logits with the scaled input only).
     """
 
+    INPUTS = ("scaled", "raw")
+
     def __init__(self, dim: int, num_classes: int, scale: float,
-                 init_text_features: Optional[torch.Tensor] = None) -> None:
+                 init_text_features: Optional[torch.Tensor] = None, input: str = "scaled") -> None:
         super().__init__()
+        if input not in self.INPUTS:
+            raise ValueError(f"input must be one of {', '.join(self.INPUTS)}, got {input!r}")
+        self.input = input
         self.scale = float(scale)
         self.linear = nn.Linear(dim, num_classes)
         if init_text_features is not None:
@@ -114,7 +120,10 @@ class LinearProbe(nn.Module):
                 self.linear.bias.zero_()
 
     def forward(self, image_features: torch.Tensor, normalize_images: bool = True) -> torch.Tensor:
+        """Logits ``[B, C]``; ``normalize_images=False`` says scaled-input features are normalised already."""
         x = image_features.to(self.linear.weight.dtype)
+        if self.input == "raw":
+            return self.linear(x)
         if normalize_images:
             x = F.normalize(x, dim=-1)
         return self.linear(self.scale * x)

@@ -38,7 +38,7 @@ from ..precision import autocast, resolve_precision
 from ..progress import progress as progress_bar
 from .dataset import MultiLabelSplit
 from .decode import BatchDecoder, FileBytesDataset, collate_payloads, prefetched, resolve_decoder
-from .images import ImageListDataset, PreprocessConfig, transform_from_signature
+from .images import ImageListDataset, PreprocessConfig, reraise_data_errors, transform_from_signature
 
 logger = logging.getLogger(__name__)
 
@@ -224,12 +224,12 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
         loader = DataLoader(torch.utils.data.Subset(ImageListDataset(split.paths, transform), order),
                             batch_size=load_bs, shuffle=False, num_workers=workers,
                             pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
-        batches = _reraise_data_errors(loader)
+        batches = reraise_data_errors(loader)
     else:
         loader = DataLoader(torch.utils.data.Subset(FileBytesDataset(split.paths, signature), order),
                             batch_size=max(1, min(64, batch_size)), shuffle=False, num_workers=workers,
                             collate_fn=collate_payloads, prefetch_factor=4 if workers else None)
-        batches = prefetched(_reraise_data_errors(loader), BatchDecoder(signature, split.paths, device), device)
+        batches = prefetched(reraise_data_errors(loader), BatchDecoder(signature, split.paths, device), device)
     bar = progress_bar(total, f"features {split.name}", unit="img", enabled=progress)
     t0 = time.perf_counter()
     chunk_iter = iter(chunks)
@@ -270,15 +270,3 @@ def _encode_chunks(backbone: CLIPBackbone, split: MultiLabelSplit, signature: di
     bar.close()
     dt = time.perf_counter() - t0
     logger.info("encoded %d images of %s in %.1f s (%.0f img/s)", total, split.name, dt, total / max(dt, 1e-9))
-
-
-def _reraise_data_errors(loader: DataLoader):
-    """Iterate ``loader``; a DataError raised in a worker comes back as a plain one-line DataError."""
-    try:
-        yield from loader
-    except DataError as exc:
-        text = str(exc)
-        if "Original Traceback" in text:
-            last = [line for line in text.splitlines() if "DataError:" in line]
-            text = last[-1].split("DataError:", 1)[1].strip() if last else text
-        raise DataError(text) from None

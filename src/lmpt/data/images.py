@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -121,6 +121,28 @@ def build_transform(mode: str, image_size: int = 224, mean: Optional[Sequence[fl
     return T.Compose(steps)
 
 
+def build_uint8_transform(signature: dict) -> Callable[[Image.Image], torch.Tensor]:
+    """``PIL image -> uint8 [3, s, s]``: the resize and crop of a resolved preprocessing, before ``ToTensor`` and
+    the normalisation (see :func:`normalize_uint8`). Images kept in memory this way take a quarter of the space."""
+    mode = signature["mode"]
+    s = int(signature["image_size"])
+    im = _INTERPOLATIONS[signature["interpolation"]]
+    if PREPROCESSING[mode].resize == "squash":
+        steps = [T.Resize((s, s), interpolation=im)]
+    else:
+        steps = [T.Resize(s, interpolation=im), T.CenterCrop(s)]
+    return T.Compose(steps + [T.PILToTensor()])
+
+
+def normalize_uint8(images: torch.Tensor, signature: dict) -> torch.Tensor:
+    """uint8 ``[..., 3, s, s]`` -> float: ``/ 255`` and the mean/std normalisation, exactly as ``ToTensor`` and
+    ``Normalize`` compute them, so ``normalize_uint8(build_uint8_transform(sig)(im), sig)`` equals
+    ``transform_from_signature(sig)(im)``."""
+    mean = torch.tensor(signature["mean"], dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std = torch.tensor(signature["std"], dtype=torch.float32, device=images.device).view(3, 1, 1)
+    return (images.to(torch.float32).div(255) - mean) / std
+
+
 def transform_signature(mode: str, image_size: int = 224, mean: Optional[Sequence[float]] = None,
                         std: Optional[Sequence[float]] = None, interpolation: Optional[str] = None) -> dict:
     """JSON-serialisable description of the preprocessing (defaults resolved), for cache keys.
@@ -184,3 +206,32 @@ class ImageListDataset(torch.utils.data.Dataset):
         if callable(self.transform):
             return index, self.transform(image)
         return index, torch.stack([t(image) for t in self.transform])
+
+
+def load_images_uint8(paths: Sequence[Union[str, os.PathLike]], signature: dict, num_workers: int = 0,
+                      batch_size: int = 64) -> torch.Tensor:
+    """Every image of ``paths`` decoded, resized and cropped once: uint8 ``[N, 3, s, s]`` in list order.
+
+    A missing or undecodable file raises DataError naming it.
+    """
+    s = int(signature["image_size"])
+    if not len(paths):
+        return torch.zeros(0, 3, s, s, dtype=torch.uint8)
+    loader = torch.utils.data.DataLoader(ImageListDataset(paths, build_uint8_transform(signature)),
+                                         batch_size=batch_size, num_workers=num_workers if len(paths) > 64 else 0)
+    out = torch.empty(len(paths), 3, s, s, dtype=torch.uint8)
+    for index, images in reraise_data_errors(loader):
+        out[index] = images
+    return out
+
+
+def reraise_data_errors(loader: Iterable):
+    """Iterate ``loader``; a DataError raised in a worker comes back as a plain one-line DataError."""
+    try:
+        yield from loader
+    except DataError as exc:
+        text = str(exc)
+        if "Original Traceback" in text:
+            last = [line for line in text.splitlines() if "DataError:" in line]
+            text = last[-1].split("DataError:", 1)[1].strip() if last else text
+        raise DataError(text) from None

@@ -33,6 +33,7 @@ class ModelConfig:
     class_specific: bool = True
     ctx_init: Optional[str] = None
     init_std: float = 0.02
+    batchnorm: str = "frozen"  # frozen | adapt | train (the reference's drifting statistics); lmpt.batchnorm
 
 
 @dataclass
@@ -91,6 +92,7 @@ class OptimConfig:
     batch_size: int = 64
     epochs: int = 50
     schedule: str = "plateau"  # plateau (validation mAP, or the training loss without a val split) | cosine | constant
+    plateau_on: str = "auto"  # auto (val mAP, else training loss) | val | train | test (the reference; oracle only)
     patience: int = 5
     factor: float = 0.1
     min_lr: float = 1e-7
@@ -108,6 +110,7 @@ class ProbeConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     init: str = "random"  # random | zeroshot (the zero-shot classifier: starts at zero-shot CLIP's scores)
+    input: str = "scaled"  # scaled (logit scale x the normalised feature) | raw (the reference's raw feature)
 
     @property
     def optimizer_name(self) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ..registry import Registry
 
@@ -23,6 +23,15 @@ from ..registry import Registry
 def _resolve(ref: str) -> Callable[..., Any]:
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+class Head(NamedTuple):
+    """A run's classifier on image features: ``logits = f(x) @ weight.T + bias`` with ``f`` the L2 normalisation
+    (``normalize_features``, CLIP's logit scale folded into ``weight``) or the identity (a probe on raw features)."""
+
+    weight: Any
+    bias: Any
+    normalize_features: bool = True
 
 
 @dataclass(frozen=True)
@@ -37,8 +46,8 @@ class MethodKind:
         trainer: ``"module:attribute"`` of ``(cfg, prepared, device) -> Trainer`` (see
             :class:`lmpt.engine.train.trainer.Trainer`), which ``lmpt.engine.train.loop.fit`` trains; for a kind
             without training, of ``(cfg, prepared, run_dir, device, timings) -> RunResult``, the whole run.
-        head: ``"module:attribute"`` of ``(meta, tensors, backbone) -> (weight [C, D], bias [C])``: the
-            classifier on normalised image features, CLIP's logit scale folded into ``weight``.
+        head: ``"module:attribute"`` of ``(meta, tensors, backbone) -> Head``: the classifier on image
+            features that the run's file describes.
     """
 
     name: str

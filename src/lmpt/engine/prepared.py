@@ -6,12 +6,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch.utils.data import DataLoader
 
 from ..backbone import CLIPBackbone, create_clip
+from ..batchnorm import adapt_batchnorm, batchnorm_layers, has_batchnorm
 from ..data.dataset import MultiLabelDataset, MultiLabelSplit
-from ..data.features import PreprocessConfig, extract_features
+from ..data.features import default_num_workers, extract_features
+from ..data.images import ImageListDataset, PreprocessConfig, reraise_data_errors, transform_from_signature
 from ..data.sources import load_dataset
 from ..errors import ConfigError
+from ..precision import autocast
+from ..progress import progress
 from ..prompts import CaptionEmbeddings, embed_captions
 from .config import Config
 
@@ -67,12 +72,47 @@ def split_features(cfg: Config, backbone: CLIPBackbone, split: MultiLabelSplit, 
                             decode=d.decode)
 
 
+def adapt_backbone(cfg: Config, backbone: CLIPBackbone, split: MultiLabelSplit, device: torch.device) -> int:
+    """``model.batchnorm=adapt``: re-estimate the image tower's BatchNorm statistics on ``split`` (the training
+    preprocessing, every image plain and mirrored, batches of ``data.feature_batch_size`` images) as a cumulative
+    average (:func:`lmpt.batchnorm.adapt_batchnorm`); the backbone's fingerprint (and so the feature cache key)
+    changes with them. Returns the number of batches."""
+    d = cfg.data
+    signature = PreprocessConfig(mode=d.preprocess).resolve(backbone)
+    transforms = [transform_from_signature(signature), transform_from_signature(signature, flip=True)]
+    workers = default_num_workers() if d.num_workers is None else d.num_workers
+    loader = DataLoader(ImageListDataset(split.paths, transforms), batch_size=d.feature_batch_size,
+                        num_workers=workers if len(split) > 64 else 0)
+    visual = backbone.model.visual.to(device)
+
+    def batches():
+        bar = progress(len(split), "batchnorm statistics", unit="img", enabled=cfg.run.progress)
+        for _, images in reraise_data_errors(loader):
+            yield images.flatten(0, 1).to(device)
+            bar.update(images.shape[0])
+        bar.close()
+
+    with autocast(device, cfg.run.precision):
+        n = adapt_batchnorm(visual, batches())
+    backbone.refresh_fingerprint()
+    logger.info("model.batchnorm=adapt: %d BatchNorm layers re-estimated on %d training images (plain and mirrored) "
+                "in %d batches; backbone fingerprint %s", len(batchnorm_layers(visual)), len(split), n,
+                backbone.fingerprint)
+    return n
+
+
 def prepare(cfg: Config, device: Optional[torch.device] = None,
             dataset: Optional[MultiLabelDataset] = None) -> Prepared:
     """Load the data set (unless given) and backbone, and fetch (or compute) the cached image features."""
     device = device or resolve_device(cfg.run.device)
     dataset = dataset if dataset is not None else dataset_from_config(cfg)
     backbone = backbone_from_config(cfg)
+    mode = cfg.model.batchnorm
+    if mode != "frozen" and not has_batchnorm(backbone.model.visual):
+        logger.info("model.batchnorm=%s: %s has no BatchNorm layer, so it computes what frozen does", mode,
+                    backbone.model_name)
+    elif mode == "adapt":
+        adapt_backbone(cfg, backbone, dataset.train, device)
     features: dict[str, Optional[torch.Tensor]] = {
         "train": split_features(cfg, backbone, dataset.train, device, flips=True),
         "val": split_features(cfg, backbone, dataset.val, device) if dataset.val is not None else None,

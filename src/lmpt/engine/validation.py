@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional
 
+from ..batchnorm import BATCHNORM_MODES
 from ..calibration import CALIBRATIONS
 from ..data.benchmarks import CLASS_NAME_STYLES
 from ..data.decode import DECODE_CHOICES
@@ -31,6 +32,8 @@ ZEROSHOT_PROTOCOLS = ("matched", "reference")
 PROBE_INITS = ("random", "zeroshot")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("plateau", "cosine", "constant")
+PLATEAU_METRICS = ("auto", "val", "train", "test")
+PROBE_INPUTS = ("scaled", "raw")
 
 # Keys a resumed run may change: where things are and how fast they run, never what is computed.
 RESUMABLE = {
@@ -129,6 +132,7 @@ def validate(cfg: Any, check_source: bool = True) -> None:
         raise ConfigError("model.backbone is empty: name an open_clip architecture (e.g. RN50, ViT-B-16)")
     _number(m.n_ctx, "model.n_ctx", 1, 64, integer=True)
     _number(m.init_std, "model.init_std", 0, low_open=True)
+    _choice(m.batchnorm, BATCHNORM_MODES, "model.batchnorm")
 
     _choice(lo.classification, CLASSIFICATION_LOSSES, "loss.classification")
     _number(lo.lam, "loss.lam", 0, 1)
@@ -150,6 +154,11 @@ def validate(cfg: Any, check_source: bool = True) -> None:
 
     _choice(o.name, OPTIMIZERS, "optim.name")
     _choice(o.schedule, SCHEDULES, "optim.schedule")
+    _choice(o.plateau_on, PLATEAU_METRICS, "optim.plateau_on")
+    if o.plateau_on == "test" and r.select != "test":
+        raise ConfigError("optim.plateau_on=test steps the schedule on test mAP, as the reference does: it is allowed "
+                          "only under the oracle protocol (--select-on test, run.select=test), which labels every "
+                          "output 'test-selected (oracle)'")
     _number(o.lr, "optim.lr", 0, low_open=True)
     _number(o.momentum, "optim.momentum", 0, 1, high_open=True)
     _number(o.weight_decay, "optim.weight_decay", 0)
@@ -161,6 +170,7 @@ def validate(cfg: Any, check_source: bool = True) -> None:
 
     _choice(p.optimizer, OPTIMIZERS, "probe.optimizer")
     _choice(p.init, PROBE_INITS, "probe.init")
+    _choice(p.input, PROBE_INPUTS, "probe.input")
     _number(p.lr, "probe.lr", 0, low_open=True)
     _number(p.weight_decay, "probe.weight_decay", 0)
 

@@ -99,7 +99,8 @@ def check_compatible(meta: dict[str, Any], class_names: Optional[Sequence[str]],
             raise CheckpointError(f"{source}: class names differ from the data's ({detail}); "
                                   "use the same class list and data.class_names setting as in training")
     bb = meta.get("backbone", {})
-    if bb.get("model") != backbone.model_name or bb.get("fingerprint") != backbone.fingerprint:
+    weights = bb.get("weights_fingerprint", bb.get("fingerprint"))  # the weights as loaded, before any BatchNorm change
+    if bb.get("model") != backbone.model_name or weights != backbone.weights_fingerprint:
         raise CheckpointError(
             f"{source} was trained with backbone {bb.get('model')} (weights {bb.get('pretrained')}, fingerprint "
             f"{bb.get('fingerprint')}) but this run loads {backbone.model_name} (weights {backbone.pretrained}, "

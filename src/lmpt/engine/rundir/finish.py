@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ... import distributed as dist_utils
+from ...batchnorm import STATE_PREFIX, batchnorm_state
 from ..config import Config
 from ..methods import MethodKind
 from ..prepared import Prepared
@@ -34,7 +35,8 @@ def finish_run(cfg: Config, prepared: Prepared, layout: RunLayout, kind: MethodK
     Args:
         logits_of: ``split -> [N, C]`` logits with the final classifier (``train`` is asked for only when
             there is no validation split to calibrate on).
-        weights: the classifier's tensors (the classifier file).
+        weights: the classifier's tensors (the classifier file); BatchNorm statistics of the image tower that
+            differ from its weights file's (``model.batchnorm`` adapt or train) are stored with them.
         view: the data the run scored, when it is not ``prepared`` itself (zero-shot's reference protocol
             drops unlabelled test images; ``test_rows`` then index the kept rows of the full test split).
         extra_meta, extra_metrics: added to the classifier file's metadata and to the metrics.
@@ -56,6 +58,9 @@ def finish_run(cfg: Config, prepared: Prepared, layout: RunLayout, kind: MethodK
     metrics.update(extra_metrics or {})
     timings["eval_s"] = timings.get("eval_s", 0.0) + time.perf_counter() - t0
     metrics["timing"] = timings
+    backbone = view.backbone
+    if backbone.fingerprint != backbone.weights_fingerprint and not any(k.startswith(STATE_PREFIX) for k in weights):
+        weights = {**weights, **batchnorm_state(backbone.model.visual)}  # re-estimated statistics (batchnorm=adapt)
     if dist_utils.is_main():
         meta = classifier_meta(cfg, view, kind, calibration, selection=selection, selected_epoch=selected_epoch,
                                **(extra_meta or {}))

@@ -19,10 +19,12 @@ GROUPS = ("total", "head", "medium", "tail")
 
 @torch.no_grad()
 def logits_from_features(features: torch.Tensor, text_features: torch.Tensor, logit_scale: float,
-                         batch_size: int = 8192, normalize_text: bool = True) -> torch.Tensor:
+                         batch_size: int = 8192, normalize_text: bool = True,
+                         normalize_images: bool = True) -> torch.Tensor:
     """``logit_scale * cos`` for cached features ``[N, V, D]`` (variant 0, unflipped) or ``[N, D]``; float32 on CPU.
 
-    ``normalize_text=False`` takes the rows of ``text_features`` as they are (a head with the scale folded in).
+    ``normalize_text=False`` takes the rows of ``text_features`` as they are (a head with the scale folded in);
+    ``normalize_images=False`` takes the image features as they are (a linear probe on raw features).
     """
     if features.dim() == 3:
         features = features[:, 0]
@@ -30,7 +32,7 @@ def logits_from_features(features: torch.Tensor, text_features: torch.Tensor, lo
     out = []
     for i in range(0, features.shape[0], batch_size):
         x = features[i:i + batch_size].to(text.device).float()
-        out.append(cosine_logits(x, text, logit_scale).cpu())
+        out.append(cosine_logits(x, text, logit_scale, normalize_images=normalize_images).cpu())
     return torch.cat(out) if out else torch.zeros(0, text.shape[0])
 
 

@@ -8,6 +8,7 @@ import torch
 
 from ...model import PromptCLIP
 from ...prompts import PromptConfig
+from ...errors import ConfigError
 from ..config import Config, OptimConfig
 from ..methods import MethodKind
 
@@ -44,13 +45,26 @@ def optimizer_for(cfg: Config, kind: MethodKind, params: list[torch.Tensor]) -> 
                            momentum=getattr(section, "momentum", cfg.optim.momentum))
 
 
+def plateau_metric(o: OptimConfig, has_val: bool) -> str:
+    """What the plateau schedule follows: ``val`` (validation mAP), ``train`` (training loss) or ``test`` (test mAP,
+    the reference's choice, allowed only under the oracle protocol; validation checks that)."""
+    if o.plateau_on == "auto":
+        return "val" if has_val else "train"
+    if o.plateau_on == "val" and not has_val:
+        raise ConfigError("optim.plateau_on=val but this data set has no validation split; set data.val_fraction > 0 "
+                          "or data.val=FILE, or optim.plateau_on=auto")
+    return o.plateau_on
+
+
 def build_scheduler(o: OptimConfig, optimizer: torch.optim.Optimizer, has_val: bool,
                     epochs: Optional[int] = None):
-    """The learning-rate schedule; the plateau schedule follows validation mAP, or the training loss without
-    a validation split: it never reads the test set."""
+    """The learning-rate schedule; the plateau schedule follows :func:`plateau_metric` (validation mAP, or the
+    training loss without a validation split; test mAP only when ``optim.plateau_on=test`` asks, under the oracle
+    protocol)."""
     if o.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs or o.epochs, eta_min=o.min_lr)
     if o.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max" if has_val else "min",
-                                                          patience=o.patience, factor=o.factor, min_lr=o.min_lr)
+        mode = "min" if plateau_metric(o, has_val) == "train" else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, patience=o.patience, factor=o.factor,
+                                                          min_lr=o.min_lr)
     return None

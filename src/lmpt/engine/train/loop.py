@@ -24,11 +24,16 @@ from ..rundir.finish import finish_run
 from ..rundir.layout import RunLayout
 from ..rundir.outputs import ORACLE_LABEL, SELECTION_LABELS, RunResult, TensorBoardLog, write_history
 from ..rundir.scoring import headline, score_splits
-from .builders import build_scheduler, optimizer_for
+from .builders import build_scheduler, optimizer_for, plateau_metric
 from .step import grad_scaler, make_step
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
+
+
+# the history column the plateau schedule follows, by plateau_metric's answer
+_PLATEAU_KEYS = {"val": "val_total", "train": "train_loss", "test": "oracle_test_total"}
+_PLATEAU_TEXT = {"val": "validation mAP", "train": "training loss", "test": f"test mAP ({ORACLE_LABEL})"}
 
 
 class TrainingError(UserError):
@@ -62,6 +67,7 @@ def fit(cfg: Config, trainer: Trainer, prepared: Prepared, layout: RunLayout, re
     if cfg.run.select == "val" and not has_val:
         raise ConfigError("run.select=val but this data set has no validation split (data.val_fraction=0?)")
     scheduler = build_scheduler(o, optimizer, has_val)
+    plateau_on = plateau_metric(o, has_val)
     scaler = grad_scaler(device, cfg.run.precision)
     generator = torch.Generator().manual_seed(cfg.run.seed)
     n = len(prepared.dataset.train)
@@ -88,7 +94,8 @@ def fit(cfg: Config, trainer: Trainer, prepared: Prepared, layout: RunLayout, re
     t_train = time.perf_counter()
     trainer.train()
     sizes_needed = {min(o.batch_size, n)} | ({n % o.batch_size} if n % o.batch_size else set())
-    step_fn = make_step(trainer, optimizer, sizes_needed, cfg.run.cuda_graphs, scaler, distributed=trainer.distributed)
+    graphs = cfg.run.cuda_graphs if trainer.capturable else "off"  # a step that runs the image tower is not captured
+    step_fn = make_step(trainer, optimizer, sizes_needed, graphs, scaler, distributed=trainer.distributed)
     for epoch in range(start_epoch, o.epochs):
         t_epoch = time.perf_counter()
         perm = torch.randperm(n, generator=generator)
@@ -128,7 +135,7 @@ def fit(cfg: Config, trainer: Trainer, prepared: Prepared, layout: RunLayout, re
             if score > best["score"]:
                 best = {"epoch": epoch + 1, "score": score, "weights": trainer.state()}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            metric = row["val_total"] if has_val else row["train_loss"]
+            metric = row[_PLATEAU_KEYS[plateau_on]]
             scheduler.step(float(dist_utils.broadcast_object(metric)))
         elif scheduler is not None:
             scheduler.step()
@@ -157,7 +164,8 @@ def fit(cfg: Config, trainer: Trainer, prepared: Prepared, layout: RunLayout, re
         selected_epoch = o.epochs
     return finish_run(cfg, prepared, layout, trainer.kind, trainer.logits, trainer.state(), timings,
                       SELECTION_LABELS[cfg.run.select], selected_epoch, history=history,
-                      extra_metrics={"loss": trainer.loss_decision.to_dict()})
+                      extra_metrics={"loss": trainer.loss_decision.to_dict(), "schedule": {
+                          "name": o.schedule, "plateau_on": _PLATEAU_TEXT[plateau_on] if o.schedule == "plateau" else None}})
 
 
 __all__ = ["fit", "TrainingError", "ORACLE_LABEL"]

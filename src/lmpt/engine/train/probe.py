@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ...model import LinearProbe
 from ...zeroshot import zeroshot_text_features
 from ..config import Config
-from ..methods import METHOD_KINDS
+from ..methods import METHOD_KINDS, Head
 from ..prepared import Prepared
+from .image_features import image_features
 from .loss import resolve_loss
 
 
@@ -39,20 +39,22 @@ class ProbeTrainer:
             init = zeroshot_text_features(backbone, ds.class_names, cfg.run.templates, device="cpu")
             backbone.model.to("cpu")
         torch.manual_seed(cfg.run.seed)
-        self.model = LinearProbe(backbone.embed_dim, ds.num_classes, scale, init).to(device)
+        self.model = LinearProbe(backbone.embed_dim, ds.num_classes, scale, init, input=cfg.probe.input).to(device)
         self.loss_decision = resolve_loss(cfg, ds, uses_captions=False)
         self.loss_fn = self.loss_decision.build(ds).to(device)
         self.params = list(self.model.parameters())
-        self.train_feats = F.normalize(prepared.features["train"].float(), dim=-1).to(device)
+        self.images = image_features(cfg, prepared, device, normalize=cfg.probe.input == "scaled")
+        self.capturable = not self.images.live
         self.train_labels = torch.as_tensor(ds.train.labels, dtype=torch.float32, device=device)
 
     uses_cse = False
 
     def train(self) -> None:
         self.model.train()
+        self.images.train()
 
     def loss(self, idx: torch.Tensor, flip: torch.Tensor) -> dict[str, Optional[torch.Tensor]]:
-        logits = self.model(self.train_feats[idx, flip], normalize_images=False)
+        logits = self.model(self.images.train_batch(idx, flip), normalize_images=False)
         return self.loss_fn(logits, self.train_labels[idx])
 
     def all_reduce_grads(self) -> None:
@@ -60,23 +62,29 @@ class ProbeTrainer:
 
     @torch.no_grad()
     def logits(self, split: str) -> Optional[torch.Tensor]:
-        feats = self.prepared.features.get(split)
-        if feats is None or getattr(self.prepared.dataset, split) is None:
+        if getattr(self.prepared.dataset, split) is None:
+            return None
+        feats = self.images.split(split)
+        if feats is None:
             return None
         x = feats[:, 0] if feats.dim() == 3 else feats
         return torch.cat([self.model(x[i:i + 8192].to(self.device).float()).cpu() for i in range(0, len(x), 8192)]) \
             if len(x) else torch.zeros(0, self.prepared.dataset.num_classes)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu", torch.float32, copy=True).contiguous() for k, v in self.model.state_dict().items()}
+        probe = {k: v.detach().to("cpu", torch.float32, copy=True).contiguous() for k, v in self.model.state_dict().items()}
+        return {**probe, **self.images.state()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict({k: v.to(self.device) for k, v in state.items()})
+        own = self.model.state_dict()
+        self.model.load_state_dict({k: v.to(self.device) for k, v in state.items() if k in own})
+        self.images.load_state(state)
 
 
-def probe_head(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> tuple[torch.Tensor, torch.Tensor]:
-    """The classifier of a probe run's file: the layer on normalised features, CLIP's logit scale folded in."""
-    scale = backbone.logit_scale
-    probe = LinearProbe(backbone.embed_dim, len(meta["class_names"]), scale)
-    probe.load_state_dict(tensors)
-    return probe.linear.weight * scale, probe.linear.bias
+def probe_head(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> Head:
+    """The classifier of a probe run's file: the layer on normalised features with CLIP's logit scale folded in,
+    or on raw features (``probe.input=raw``)."""
+    weight, bias = tensors["linear.weight"], tensors["linear.bias"]
+    if meta["config"]["probe"].get("input", "scaled") == "raw":
+        return Head(weight, bias, normalize_features=False)
+    return Head(weight * backbone.logit_scale, bias)

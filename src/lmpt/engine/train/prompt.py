@@ -16,10 +16,11 @@ from ...model import PromptCLIP, cosine_logits
 from ...precision import autocast
 from ...prompts import cse_length, encode_token_embeddings
 from ..config import Config
-from ..methods import METHOD_KINDS
+from ..methods import METHOD_KINDS, Head
 from ..prepared import Prepared, caption_embeddings
 from ..rundir.scoring import logits_from_features
 from .builders import build_prompt_model, prompt_config
+from .image_features import image_features
 from .loss import resolve_loss
 from .step import ClassShard
 
@@ -42,7 +43,8 @@ class PromptTrainer:
         self.params = self.model.trainable_parameters()
         self.shard = ClassShard(ds.num_classes, device)
         self.distributed = self.shard.active
-        self.train_feats = F.normalize(prepared.features["train"].float(), dim=-1).to(device)
+        self.images = image_features(cfg, prepared, device)
+        self.capturable = not self.images.live
         self.train_labels = torch.as_tensor(ds.train.labels, dtype=torch.float32, device=device)
         self.scale = float(self.model.logit_scale)
         pl = self.model.prompt_learner
@@ -62,6 +64,7 @@ class PromptTrainer:
 
     def train(self) -> None:
         self.model.train()
+        self.images.train()
 
     def text_features(self, prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Normalised class features ``[C, D]`` (gathered across ranks)."""
@@ -76,7 +79,7 @@ class PromptTrainer:
         """Loss terms for the batch of training rows ``idx`` with flip variants ``flip``."""
         prompts = self.model.prompt_learner(max(self.prompt_len, self.cse_len))
         text = self.text_features(prompts)
-        logits = cosine_logits(self.train_feats[idx, flip], text, self.scale, normalize_images=False)
+        logits = cosine_logits(self.images.train_batch(idx, flip), text, self.scale, normalize_images=False)
         y = self.train_labels[idx]
         if self.captions is None:
             return self.loss_fn(logits, y)
@@ -89,23 +92,27 @@ class PromptTrainer:
 
     @torch.no_grad()
     def logits(self, split: str) -> Optional[torch.Tensor]:
-        """Logits of a split's cached features with the current prompts (None without that split)."""
-        feats = self.prepared.features.get(split)
-        if feats is None or getattr(self.prepared.dataset, split) is None:
+        """Logits of a split's image features with the current prompts (None without that split)."""
+        if getattr(self.prepared.dataset, split) is None:
+            return None
+        feats = self.images.split(split)
+        if feats is None:
             return None
         return logits_from_features(feats, self.text_features(), self.scale)
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The learned weights (what checkpoints store)."""
-        return self.model.prompt_state()
+        """The learned weights (what checkpoints store), and the drifted BatchNorm statistics under
+        ``model.batchnorm=train``."""
+        return {**self.model.prompt_state(), **self.images.state()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_prompt_state(state)
+        self.images.load_state(state)
 
 
-def prompt_head(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_head(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> Head:
     """The classifier of a prompt run's file: the learned prompts' text features times CLIP's logit scale."""
     prompt = PromptCLIP(backbone, list(meta["class_names"]), prompt_config(meta["config"]["model"]))
     prompt.load_prompt_state(tensors)
     text = prompt.encode_text()
-    return backbone.logit_scale * F.normalize(text.float(), dim=-1), torch.zeros(len(meta["class_names"]))
+    return Head(backbone.logit_scale * F.normalize(text.float(), dim=-1), torch.zeros(len(meta["class_names"])))

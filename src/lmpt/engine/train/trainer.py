@@ -25,6 +25,7 @@ class Trainer(Protocol):
         loss_decision: what :func:`lmpt.engine.train.loss.resolve_loss` decided (written to metrics.json).
         distributed: whether gradients are summed across ranks after each backward pass (the CUDA-graph
             step is not used then).
+        capturable: whether the step may be captured as a CUDA graph (not when it runs the image tower).
     """
 
     kind: MethodKind
@@ -32,6 +33,7 @@ class Trainer(Protocol):
     params: list[torch.nn.Parameter]
     loss_decision: LossDecision
     distributed: bool
+    capturable: bool
 
     def train(self) -> None:
         """Put the trainable modules in training mode (the frozen CLIP stays as its BatchNorm setting says)."""

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ...data.dataset import MultiLabelDataset
 from ...zeroshot import zeroshot_text_features
 from ..config import Config
-from ..methods import METHOD_KINDS
+from ..methods import METHOD_KINDS, Head
 from ..prepared import Prepared, split_features
 from ..rundir.finish import finish_run
 from ..rundir.layout import RunLayout
@@ -101,7 +101,7 @@ def run_zeroshot(cfg: Config, prepared: Prepared, layout: RunLayout, device: tor
         extra_metrics={"identity": run_identity(cfg, prepared), "zeroshot": info})
 
 
-def zeroshot_head(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> tuple[torch.Tensor, torch.Tensor]:
+def zeroshot_head(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> Head:
     """The classifier of a zero-shot run's file: its text features times CLIP's logit scale."""
     text = tensors["text_features"]
-    return backbone.logit_scale * F.normalize(text.float(), dim=-1), torch.zeros(len(meta["class_names"]))
+    return Head(backbone.logit_scale * F.normalize(text.float(), dim=-1), torch.zeros(len(meta["class_names"])))

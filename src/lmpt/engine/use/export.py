@@ -35,10 +35,12 @@ class ExportModule(torch.nn.Module):
         self.register_buffer("bias", classifier.bias.detach().cpu().clone())
         self.register_buffer("cal_a", torch.tensor(cal.a, dtype=torch.float32))
         self.register_buffer("cal_b", torch.tensor(cal.b, dtype=torch.float32))
+        self.normalize = bool(classifier.normalize_features)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.visual(images)
-        features = features / features.norm(dim=-1, keepdim=True)
+        if self.normalize:
+            features = features / features.norm(dim=-1, keepdim=True)
         logits = features @ self.weight.t() + self.bias
         return logits, torch.sigmoid(logits * self.cal_a + self.cal_b)
 

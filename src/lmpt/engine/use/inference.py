@@ -15,14 +15,15 @@ import numpy as np
 import torch
 
 from ...backbone import create_clip
+from ...batchnorm import load_batchnorm_state
 from ...calibration import Calibration
 from ...data.images import PreprocessConfig, transform_from_signature
-from ...errors import UserError
+from ...errors import CheckpointError, UserError
 from ...io import atomic_write_json
 from ...predictor import Predicting
 from ..config import Config, config_from_dict
 from ..methods import METHOD_KINDS
-from ..prepared import prepare, resolve_device
+from ..prepared import Prepared, dataset_from_config, resolve_device, split_features
 from ..rundir.checkpoint import check_compatible, load_weights, model_file
 from ..rundir.decide import test_decisions
 from ..rundir.layout import RunLayout
@@ -33,10 +34,11 @@ logger = logging.getLogger(__name__)
 
 
 class Classifier(torch.nn.Module):
-    """A run's classifier on image features, whatever the method: ``logits = norm(x) @ weight.T + bias``.
+    """A run's classifier on image features, whatever the method: ``logits = f(x) @ weight.T + bias``.
 
-    ``weight`` (``[C, D]``, CLIP's logit scale folded in) and ``bias`` come from the run's kind's head
-    (the learned prompts' text features, the zero-shot text features, or the linear probe).
+    ``weight`` (``[C, D]``), ``bias`` and ``f`` (the L2 normalisation, or the identity for a probe on raw
+    features) come from the run's kind's head (:class:`~lmpt.engine.methods.Head`): the learned prompts' text
+    features or the zero-shot text features with CLIP's logit scale folded in, or the linear probe.
     """
 
     def __init__(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone) -> None:
@@ -49,7 +51,8 @@ class Classifier(torch.nn.Module):
         self.calibration = Calibration.from_dict(meta["calibration"]) if self.calibrated \
             else Calibration.identity(len(self.class_names))
         with torch.no_grad():
-            weight, bias = METHOD_KINDS.lookup(self.kind).head_builder()(meta, tensors, backbone)
+            weight, bias, self.normalize_features = METHOD_KINDS.lookup(self.kind).head_builder()(meta, tensors,
+                                                                                                  backbone)
         self.register_buffer("weight", weight.detach().float().clone())
         self.register_buffer("bias", bias.detach().float().clone())
         self.eval()
@@ -57,7 +60,8 @@ class Classifier(torch.nn.Module):
     @torch.no_grad()
     def feature_logits(self, features: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
         """``[N, C]`` float32 CPU logits of image features ``[N, D]`` (or cached ``[N, V, D]``: variant 0)."""
-        return logits_from_features(features, self.weight, 1.0, batch_size, normalize_text=False) + self.bias.cpu()
+        return logits_from_features(features, self.weight, 1.0, batch_size, normalize_text=False,
+                                    normalize_images=self.normalize_features) + self.bias.cpu()
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -72,18 +76,30 @@ class LoadedRun:
     model: Classifier
 
 
+def run_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path, pretrained: Optional[str],
+                 seed: int = 0):
+    """The backbone a classifier file was trained with: rebuilt from its weights, verified against the file's
+    fingerprint, and carrying the BatchNorm statistics the file stores (``model.batchnorm`` adapt or train)."""
+    bb = meta["backbone"]
+    if pretrained and not Path(pretrained).exists() and ("/" in pretrained or pretrained.endswith((".pt", ".safetensors"))):
+        raise UserError(f"the weights file this classifier was trained with is gone: {pretrained}; "
+                        "pass its new location with --weights PATH")
+    backbone = create_clip(bb["model"], pretrained, quick_gelu=bb.get("quick_gelu", "auto"), seed=seed)
+    check_compatible(meta, None, backbone, path)  # no data to compare classes with: the backbone must match
+    try:
+        if load_batchnorm_state(backbone.model.visual, tensors):
+            backbone.refresh_fingerprint()
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: its BatchNorm statistics do not fit {bb['model']} ({exc})") from None
+    return backbone
+
+
 def load_run(run: Union[str, Path], weights: Optional[str] = None, device: Union[str, torch.device] = "cpu",
              overrides: Sequence[str] = ()) -> LoadedRun:
     """The classifier of a run folder (or its .safetensors file), with its backbone rebuilt and verified."""
     path = model_file(run)
     tensors, meta = load_weights(path)
-    bb = meta["backbone"]
-    pretrained = weights or bb.get("pretrained")
-    if pretrained and not Path(pretrained).exists() and ("/" in pretrained or pretrained.endswith((".pt", ".safetensors"))):
-        raise UserError(f"the weights file this classifier was trained with is gone: {pretrained}; "
-                        "pass its new location with --weights PATH")
-    backbone = create_clip(bb["model"], pretrained, quick_gelu=bb.get("quick_gelu", "auto"))
-    check_compatible(meta, None, backbone, path)  # no data to compare classes with: the backbone must match
+    backbone = run_backbone(meta, tensors, path, weights or meta["backbone"].get("pretrained"))
     model = Classifier(meta, tensors, backbone).to(device)
     cfg = config_from_dict(meta["config"], overrides)
     return LoadedRun(run_dir=path.parent, cfg=cfg, meta=meta, model=model)
@@ -96,9 +112,14 @@ def reevaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), wri
     tensors, meta = load_weights(path)
     cfg = config_from_dict(meta["config"], overrides)
     device = resolve_device(cfg.run.device)
-    prepared = prepare(cfg, device)
-    check_compatible(meta, prepared.class_names, prepared.backbone, path)
-    model = Classifier(meta, tensors, prepared.backbone).to(device)
+    dataset = dataset_from_config(cfg)
+    backbone = run_backbone(meta, tensors, path, cfg.model.pretrained, seed=cfg.run.seed)
+    check_compatible(meta, dataset.class_names, backbone, path)
+    features = {s: split_features(cfg, backbone, getattr(dataset, s), device) for s in ("test", "val")
+                if getattr(dataset, s) is not None}
+    backbone.model.to("cpu")
+    prepared = Prepared(dataset=dataset, backbone=backbone, features=features)
+    model = Classifier(meta, tensors, backbone).to(device)
     logits = {s: model.feature_logits(prepared.features[s]) for s in ("test", "val")
               if prepared.features.get(s) is not None}
     results = score_splits(prepared.dataset, logits.get)
