@@ -252,3 +252,49 @@ def test_plateau_on_test_needs_the_oracle_flag(tiny_data, tmp_path):
         _cfg(tiny_data, tmp_path, **{"optim.plateau_on": "test"})
     with pytest.raises(ConfigError, match="model.batchnorm"):
         _cfg(tiny_data, tmp_path, **{"model.batchnorm": "drift"})
+
+
+def _fake_sweep(root, methods: dict[str, dict]) -> None:
+    """A sweep folder as `lmpt sweep` leaves it: summary.json and one run folder per method (config, metrics)."""
+    import yaml
+
+    from lmpt.engine.rundir.layout import RunLayout, SweepLayout
+
+    layout = SweepLayout(root)
+    layout.root.mkdir(parents=True)
+    summary = {"methods": {}, "runs": {}}
+    for method, spec in methods.items():
+        run = RunLayout(root / method)
+        run.root.mkdir()
+        run.config.write_text(yaml.safe_dump(spec["config"]))
+        run.metrics.write_text(json.dumps({"dataset": {"name": "voc-lt"}, "batchnorm": {"has_batchnorm": True}}))
+        summary["runs"][method] = [{"run_dir": str(run.root)}]
+        summary["methods"][method] = {g: {"mean": spec["total"] - i / 100, "std": 0.0, "n": 1}
+                                      for i, g in enumerate(("total", "head", "medium", "tail"))}
+    layout.summary_json.write_text(json.dumps(summary))
+
+
+def test_compare_lays_the_sweep_beside_the_paper(tmp_path, capsys):
+    from lmpt.cli import main
+    from lmpt.engine.studies.paper import compare_with_paper, run_protocol
+
+    base = {"model": {"backbone": "RN50", "batchnorm": "train"}, "optim": {"plateau_on": "test"},
+            "probe": {"input": "raw"}}
+    exact = {**base, "run": {"method": "lmpt", "select": "test"}}
+    oracle = {**base, "optim": {"plateau_on": "auto"}, "run": {"method": "coop", "select": "test"}}
+    honest = {**base, "run": {"method": "coop-db", "select": "last"}}
+    assert run_protocol(exact, True) == "reference-exact" and run_protocol(oracle, True) == "oracle"
+    assert run_protocol(honest, True) == "honest"
+    assert run_protocol({**exact, "model": {"batchnorm": "frozen"}}, True) == "oracle"
+    assert run_protocol({**exact, "model": {"batchnorm": "frozen"}}, False) == "reference-exact"  # ViT: no BN
+    _fake_sweep(tmp_path / "sweep", {"lmpt": {"config": exact, "total": 0.8123}, "coop": {"config": oracle,
+                                                                                          "total": 0.75}})
+    rows = {r["method"]: r for r in compare_with_paper(tmp_path / "sweep")["rows"]}
+    assert rows["lmpt"]["paper_total"] == 85.44
+    assert rows["lmpt"]["diff_total"] == pytest.approx(81.23 - 85.44)
+    assert rows["coop"]["paper_total"] is None and rows["coop"]["protocol"] == "oracle"
+    assert main(["compare", str(tmp_path / "sweep"), "--out", str(tmp_path / "cmp.md")]) == 0
+    out = capsys.readouterr().out
+    assert "| lmpt | 81.23 ± 0.00" in out and "85.44 | -4.21 | reference-exact |" in out
+    assert (tmp_path / "cmp.md").read_text().strip() == out.strip()
+    assert main(["compare", str(tmp_path)]) == 2

@@ -67,6 +67,7 @@ def swaps(tiny_data, tmp_path_factory):
         "/weights/RN50.pt": str(missing / "RN50.pt"), "/weights/ViT-B-16.pt": str(missing / "ViT-B-16.pt"),
         "ViT-B-16.pt": str(missing / "ViT-B-16.pt"), "train.jsonl": str(tiny_data["train"]),
         "test.jsonl": str(tiny_data["test"]), "lmpt-demo/world.yaml": str(config), "_tmp": str(tmp),
+        "runs/sweep-voc-lt-rn50": str(missing / "sweep"),
         "_missing": str(missing),
     }
 

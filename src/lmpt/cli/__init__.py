@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, Callable[[], Parser], Callable[[argparse.Namespac
     "predict": ("label images with a run or an exported classifier", parsers.predict_parser, commands.predict_cmd),
     "export": ("write a run's classifier as one TorchScript file", parsers.export_parser, commands.export_cmd),
     "sweep": ("methods x seeds, with a mean ± std table", parsers.sweep_parser, commands.sweep_cmd),
+    "compare": ("a finished sweep beside the paper's figures, with each row's protocol", parsers.compare_parser,
+                commands.compare_cmd),
     "data check": ("check a data set's images and print a summary", parsers.check_parser, commands.data_check_cmd),
     "data features": ("fill the feature cache of a config (torchrun: sharded)", parsers.features_parser,
                       commands.data_features_cmd),

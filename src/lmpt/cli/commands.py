@@ -207,3 +207,16 @@ def demo_cmd(args: argparse.Namespace) -> int:
              seeds=args.seeds, cache_dir=args.cache_dir, device=args.device,
              overrides=_overrides(argparse.Namespace(overrides=args.overrides)))
     return 0
+
+
+def compare_cmd(args: argparse.Namespace) -> int:
+    from ..engine.studies.paper import compare_with_paper, paper_table
+
+    table = paper_table(compare_with_paper(args.sweep_dir))
+    print(table)
+    if args.out:
+        from ..io import atomic_write_text
+
+        atomic_write_text(args.out, table + "\n")
+        print(f"written: {args.out}", file=sys.stderr)
+    return 0

@@ -134,3 +134,12 @@ def demo_parser() -> Parser:
     sp.add_argument("--device", default="auto")
     sp.add_argument("-v", "--verbose", action="store_true")
     return sp
+
+
+def compare_parser() -> Parser:
+    sp = Parser(prog="lmpt compare", description="Lay a finished sweep beside the paper: total/head/medium/tail per "
+                "method, the paper's figure where it gives one, the difference and each row's protocol.")
+    sp.add_argument("sweep_dir", help="folder written by `lmpt sweep` (or `lmpt demo`)")
+    sp.add_argument("--out", default=None, help="also write the table to this markdown file")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    return sp

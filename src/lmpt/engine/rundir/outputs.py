@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 
 from ... import distributed as dist_utils
+from ...batchnorm import has_batchnorm
 from ...errors import ConfigError
 from ...io import atomic_path, atomic_write_json, atomic_write_text, stable_hash
 from ..config import Config
@@ -172,6 +173,7 @@ def run_metrics(cfg: Config, prepared: Prepared, test: dict[str, Any], val: Opti
                     "val_unseen_classes": val_unseen,
                     "test_classes_without_positives": len(_unseen(ds.test, ds.class_names))},
         "backbone": prepared.backbone.describe(),
+        "batchnorm": {"mode": cfg.model.batchnorm, "has_batchnorm": has_batchnorm(prepared.backbone.model.visual)},
         "identity": run_identity(cfg, prepared),
     }
 
