@@ -147,6 +147,13 @@ def decisions_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _schedule_text(schedule: Optional[dict[str, Any]]) -> str:
+    if not schedule:
+        return "none (nothing trained)"
+    on = schedule.get("plateau_on")
+    return f"{schedule['name']}" + (f" on {on}" if on else "")
+
+
 def write_run_report(layout: RunLayout, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
     """The report (markdown) with its plots: per-class AP, group bars and, for trained runs, the curves."""
     ds = metrics["dataset"]
@@ -181,6 +188,8 @@ def write_run_report(layout: RunLayout, metrics: dict[str, Any], history: list[d
         f"- method: {metrics['method']}, seed {metrics['seed']}, selection: {metrics['selection']}"
         + (f" (epoch {metrics['selected_epoch']})" if metrics.get("selected_epoch") else ""),
         f"- headline protocol: {metrics['protocol']} (mAP in %, non-interpolated AP per class)",
+        f"- learning-rate schedule: {_schedule_text(metrics.get('schedule'))}; BatchNorm: "
+        f"{metrics.get('batchnorm', {}).get('mode', 'frozen')}",
         "",
         "## Test mAP",
         "",
