@@ -64,7 +64,7 @@ def step_times(trainer, optimizer, steps: int, graphs: bool) -> tuple[list[float
 
     from lmpt.engine.train.step import make_step
 
-    n = trainer.train_feats.shape[0]
+    n = len(trainer.prepared.dataset.train)
     bs = trainer.cfg.optim.batch_size
     step = make_step(trainer, optimizer, {bs}, "on" if graphs else "off")
     gen = torch.Generator().manual_seed(0)

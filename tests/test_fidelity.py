@@ -195,7 +195,7 @@ def test_linear_probe_trains_with_the_db_loss_and_zero_shot_init(tiny_data, tmp_
                                rtol=1e-5, atol=1e-4)
     # the loss of a batch is the DB loss of W x + b, and AdamW with the probe's learning rate trains it
     idx, flip = torch.arange(8), torch.ones(8, dtype=torch.long)
-    feats = trainer.train_feats[idx, 1]
+    feats = F.normalize(prepared.features["train"][idx, 1].float(), dim=-1)
     logits = trainer.model.linear(trainer.model.scale * feats)
     expected = resolve_loss(cfg, prepared.dataset).build(prepared.dataset).cls_loss(logits, trainer.train_labels[idx])
     assert trainer.loss(idx, flip)["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
