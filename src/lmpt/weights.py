@@ -39,13 +39,6 @@ class WeightsSource:
     def hub_url(self, filename: str) -> str:
         return f"{hub_endpoint()}/{self.repo}/resolve/main/{filename}"
 
-    def where(self) -> str:
-        """Human-readable list of the places the file can come from."""
-        places = [self.hub_url(self.filenames[0])] if self.repo else []
-        if self.url:
-            places.append(self.url)
-        return " or ".join(places)
-
 
 def hub_endpoint() -> str:
     """The Hugging Face endpoint huggingface_hub uses (``$HF_ENDPOINT``, by default https://huggingface.co)."""
@@ -126,10 +119,27 @@ def verify_hub_file(path: Path) -> None:
                         "the corrupt copy was removed, run the command again to download it anew.")
 
 
+def _reachable(url: str, timeout: float = 10.0) -> bool:
+    """Whether ``url``'s host accepts a TCP connection (a quick test, so no network fails in seconds, not after
+    the hub's minute of retries)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _offline_message(source: WeightsSource, why: str) -> str:
     first = source.filenames[0]
-    return (f"could not download the {source.tag} weights of {source.model} ({why}). Download {first} from "
-            f"{source.where()} and either pass model.pretrained=/path/to/that/file, or run `lmpt weights fetch "
+    where = source.hub_url(first) if source.repo else source.url
+    other = f" (or OpenAI's original, {source.url})" if source.repo and source.url else ""
+    return (f"could not download the {source.tag} weights of {source.model} ({why}). Download {where}{other} "
+            f"and either pass model.pretrained=/path/to/that/file, or run `lmpt weights fetch "
             f"{source.model} --tag {source.tag}` on a machine with internet access and copy its cache folder "
             f"({hub_cache_dir()}) to the same place on this one.")
 
@@ -151,7 +161,9 @@ def fetch_weights(model_name: str, tag: str = "openai", download: bool = True) -
     if constants.HF_HUB_OFFLINE:
         raise UserError(_offline_message(source, "HF_HUB_OFFLINE=1 and it is not in the local cache"))
     why = "no hub copy"
-    if source.repo:
+    if source.repo and not _reachable(hub_endpoint()):
+        why = f"cannot connect to {hub_endpoint()}"
+    elif source.repo:
         for name in source.filenames:
             try:
                 path = Path(_hub_download(source.repo, name))
@@ -164,7 +176,9 @@ def fetch_weights(model_name: str, tag: str = "openai", download: bool = True) -
             verify_hub_file(path)
             logger.info("weights %s %s: %s", source.model, source.tag, path)
             return path
-    if source.url:
+    if source.url and not _reachable(source.url):
+        why = f"{why}; cannot connect to {source.url.split('/')[2]}"
+    elif source.url:
         try:
             return Path(_url_download(source.url))
         except Exception as exc:

@@ -31,6 +31,10 @@ class TransferError(OSError):
     """A transfer that failed in a way worth retrying (connection, 5xx, truncated body, undecodable image)."""
 
 
+class ConnectError(TransferError):
+    """The host could not be reached at all (DNS, refused, timed out): no HTTP answer."""
+
+
 class NotFound(OSError):
     """The host answered that it does not have the file (HTTP 404/403/410): not retried on that host."""
 
@@ -48,7 +52,7 @@ def _open(url: str, timeout: float, start: int = 0):
             raise TransferError(f"{url}: HTTP 416 for a resume at byte {start}") from None
         raise TransferError(f"{url}: HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise TransferError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+        raise ConnectError(f"{url}: {getattr(exc, 'reason', exc)}") from None
 
 
 def with_retries(fn: Callable[[], T], retries: int = 4, backoff: float = 0.5, what: str = "") -> T:
@@ -115,6 +119,23 @@ def fetch_image(urls: Sequence[str], dest: Path, retries: int = 4, backoff: floa
         raise errors[0]
     kind = TransferError if any(isinstance(e, TransferError) for e in errors) else NotFound
     raise kind(" | ".join(str(e) for e in errors) or f"no host for {dest.name}")
+
+
+def reachable(url: str, retries: int = 2, backoff: float = 0.5, timeout: float = 15.0) -> bool:
+    """False when ``url``'s host gives no HTTP answer at all after ``retries`` retries (any HTTP status is True)."""
+    def probe() -> bool:
+        try:
+            with _open(url, timeout):
+                return True
+        except ConnectError:
+            raise
+        except (TransferError, NotFound):
+            return True
+
+    try:
+        return with_retries(probe, retries, backoff, what=url)
+    except ConnectError:
+        return False
 
 
 def part_path(dest: Path) -> Path:
