@@ -43,6 +43,8 @@ def _handler(b: Behaviour):
             start = 0
             if rng and rng.startswith("bytes="):
                 start = int(rng[len("bytes="):].split("-")[0])
+            if start >= len(body) > 0:
+                return self._send(416, b"range not satisfiable")
             status = 206 if start else 200
             part = body[start:]
             self.send_response(status)

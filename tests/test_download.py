@@ -89,6 +89,20 @@ def test_voc_truncated_transfer_resumes_with_range(tmp_path, monkeypatch):
     _only_listed(tmp_path, lists)
 
 
+def test_voc_stale_part_longer_than_the_archive_is_restarted(tmp_path, monkeypatch):
+    files, lists = _voc_archives(monkeypatch)
+    name = dl.VOC_ARCHIVES[1].filename
+    stale = tmp_path / dl.DOWNLOADS / f".{name}.part"
+    stale.parent.mkdir(parents=True)
+    too_long = len(files["/" + name]) + 10
+    stale.write_bytes(b"z" * too_long)
+    with LocalServer(files) as srv:
+        rep = dl.download_voc_lt(tmp_path, mirrors=[srv.url], limit=LIMIT, backoff=0.001, show_progress=False)
+    assert srv.b.requests.count((f"/{name}", f"bytes={too_long}-")) == 1  # answered 416, then from byte 0
+    assert rep.fetched == 2 * LIMIT and not stale.exists()
+    _only_listed(tmp_path, lists)
+
+
 def _coco_server_files(limit=LIMIT):
     lists = dl.listed_images("coco-lt", limit)
     rels = [r for rows in lists.values() for r in rows]

@@ -199,6 +199,8 @@ def _via_archives(archives: Sequence[Archive], root: Path, report: DownloadRepor
         if not missing:
             report.notes.append(f"{archive.filename}: not needed (all {len(wanted)} images are there)")
             continue
+        logger.warning("%d image(s) missing: fetching %s (about %.1f GB) for them", len(missing), archive.filename,
+                       archive.approx_bytes / 1e9)
         path, transferred = fetch_archive(archive, folder, mirrors, backoff=backoff, show_progress=show_progress)
         report.bytes_fetched += transferred
         size = path.stat().st_size

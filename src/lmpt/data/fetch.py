@@ -35,6 +35,10 @@ class ConnectError(TransferError):
     """The host could not be reached at all (DNS, refused, timed out): no HTTP answer."""
 
 
+class RangeNotSatisfiable(TransferError):
+    """HTTP 416 to a resume: the part on disk is not a prefix of the host's file; it is dropped and restarted."""
+
+
 class NotFound(OSError):
     """The host answered that it does not have the file (HTTP 404/403/410): not retried on that host."""
 
@@ -49,7 +53,7 @@ def _open(url: str, timeout: float, start: int = 0):
         if exc.code in (403, 404, 410):
             raise NotFound(f"{url}: HTTP {exc.code}") from None
         if exc.code == 416 and start:  # asked past the end: the part is complete or stale
-            raise TransferError(f"{url}: HTTP 416 for a resume at byte {start}") from None
+            raise RangeNotSatisfiable(f"{url}: HTTP 416 for a resume at byte {start}") from None
         raise TransferError(f"{url}: HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise ConnectError(f"{url}: {getattr(exc, 'reason', exc)}") from None
@@ -157,7 +161,12 @@ def download_resumable(url: str, dest: Path, part: Optional[Path] = None, show_p
     dest.parent.mkdir(parents=True, exist_ok=True)
     start = part.stat().st_size if part.exists() else 0
     got = 0
-    with _open(url, timeout, start) as resp:
+    try:
+        resp = _open(url, timeout, start)
+    except RangeNotSatisfiable:
+        part.unlink()  # longer than the host's file: start over on the next attempt
+        raise
+    with resp:
         status = getattr(resp, "status", 200)
         if start and status != 206:
             start = 0  # no range support: start over
