@@ -20,7 +20,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from ..errors import DataError
 from ..io import atomic_path
@@ -265,25 +265,15 @@ def download_coco_lt(root: PathLike, mirrors: Sequence[str] = (), workers: int =
     def one(rel: str) -> int:
         return fetch_image([f"{h}/{rel}" for h in hosts], root / rel, retries=retries, backoff=backoff)
 
-    with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(one, rel): rel for rel in todo}
-        try:
-            for fut in as_completed(futures):
-                rel = futures[fut]
-                try:
-                    report.bytes_fetched += fut.result()
-                    report.fetched += 1
-                except (TransferError, NotFound, OSError) as exc:
-                    report.failed.append((rel, describe_failure(exc)))
-                bar.update(1)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(MB=f"{report.bytes_fetched / 1e6:.1f}")
-                if stop_after is not None and report.fetched >= stop_after:
-                    raise KeyboardInterrupt
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    with bar:
+        for attempt in range(2):  # a second round for the transient failures (the hosts may have recovered)
+            failures = _fetch_parallel(one, todo, workers, report, bar, stop_after)
+            todo = [rel for rel, exc in failures if isinstance(exc, TransferError)]
+            report.failed = [(rel, describe_failure(exc)) for rel, exc in failures]
+            if not todo or attempt == 1:
+                break
+            logger.info("%d image(s) failed for now; one more round for them", len(todo))
+            bar.update(-len(todo))
     if report.failed:
         report.notes.append(f"{len(report.failed)} image(s) not served by {', '.join(hosts)}")
         if archives:
@@ -294,6 +284,31 @@ def download_coco_lt(root: PathLike, mirrors: Sequence[str] = (), workers: int =
             report.failed = [(r, why) for r, why in report.failed if r in still]
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _fetch_parallel(one: Callable[[str], int], todo: Sequence[str], workers: int, report: DownloadReport,
+                    bar: Any, stop_after: Optional[int]) -> list[tuple[str, BaseException]]:
+    """Run ``one`` over ``todo`` in at most ``workers`` threads, counting into ``report``; the failures."""
+    failures: list[tuple[str, BaseException]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(one, rel): rel for rel in todo}
+        try:
+            for fut in as_completed(futures):
+                try:
+                    report.bytes_fetched += fut.result()
+                    report.fetched += 1
+                except (TransferError, NotFound, OSError) as exc:
+                    failures.append((futures[fut], exc))
+                bar.update(1)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(MB=f"{report.bytes_fetched / 1e6:.1f}")
+                if stop_after is not None and report.fetched >= stop_after:
+                    raise KeyboardInterrupt
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return failures
 
 
 DOWNLOADERS = {"voc-lt": download_voc_lt, "coco-lt": download_coco_lt}
