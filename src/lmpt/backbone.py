@@ -3,9 +3,9 @@
 ``create_clip("RN50", "RN50.pt")`` loads OpenAI's TorchScript archive, detects that the weights are
 OpenAI's and builds the architecture with QuickGELU, so the features are right. State dicts
 (``.pt``/``.bin``), ``.safetensors`` files and open_clip training checkpoints
-(``{"state_dict": {"module.…": …}}``) load the same way. A pretrained *tag* (``openai``) is looked up in
-the local Hugging Face cache only; downloading needs ``allow_download=True`` or
-``LMPT_ALLOW_DOWNLOAD=1``, so an offline machine fails at once with a message instead of retrying.
+(``{"state_dict": {"module.…": …}}``) load the same way. A pretrained *tag* (``openai``) is taken from the
+local Hugging Face cache or downloaded there (safetensors first, checksum verified: :mod:`lmpt.weights`); an
+offline machine (``HF_HUB_OFFLINE=1``, no network) fails at once with one line naming the file to get.
 """
 from __future__ import annotations
 
@@ -214,33 +214,11 @@ def _looks_like_path(pretrained: str) -> bool:
             or Path(pretrained).expanduser().exists())
 
 
-def _resolve_tag(model_name: str, tag: str, allow_download: bool) -> Optional[str]:
-    """Return a local file for a pretrained tag, None to let open_clip download, or raise."""
-    import open_clip
+def _resolve_tag(model_name: str, tag: str, allow_download: bool) -> str:
+    """Return the local file of a pretrained tag: cached, else downloaded (:func:`lmpt.weights.fetch_weights`)."""
+    from .weights import fetch_weights
 
-    base = model_name.replace("-quickgelu", "")
-    tags = set(open_clip.list_pretrained_tags_by_model(model_name)) | set(
-        open_clip.list_pretrained_tags_by_model(base))
-    if tag not in tags:
-        raise ConfigError(f"'{tag}' is neither a weights file nor a pretrained tag of {model_name} "
-                          f"(tags: {', '.join(sorted(tags)) or 'none'}). Pass the path of a weights file.")
-    cfg = open_clip.get_pretrained_cfg(model_name, tag) or open_clip.get_pretrained_cfg(base, tag)
-    repo = (cfg or {}).get("hf_hub", "").rstrip("/")
-    if repo:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-                hit = try_to_load_from_cache(repo, fname)
-                if isinstance(hit, str) and os.path.isfile(hit):
-                    return hit
-        except Exception:  # pragma: no cover - cache layout differences
-            pass
-    if allow_download or os.environ.get("LMPT_ALLOW_DOWNLOAD") == "1":
-        return None
-    raise UserError(f"pretrained tag '{tag}' for {model_name} is not in the local cache and downloads are off. "
-                    f"Pass the weights file instead (e.g. pretrained=/path/to/{base}.pt, OpenAI's file), "
-                    "or set LMPT_ALLOW_DOWNLOAD=1 on a machine with internet access.")
+    return str(fetch_weights(model_name, tag, download=allow_download))
 
 
 def state_dict_fingerprint(model: nn.Module, model_name: str) -> str:
@@ -265,7 +243,7 @@ def create_clip(
     pretrained: Optional[str] = None,
     quick_gelu: Union[str, bool] = "auto",
     device: Union[str, torch.device] = "cpu",
-    allow_download: bool = False,
+    allow_download: bool = True,
     seed: int = 0,
 ) -> CLIPBackbone:
     """Build a frozen open_clip CLIP and load its weights.
@@ -278,7 +256,7 @@ def create_clip(
         quick_gelu: ``"auto"`` (QuickGELU exactly when the weights are OpenAI's or the name says so),
             or True/False to force it.
         device: where to put the model.
-        allow_download: let a pretrained tag download (off by default; see module docstring).
+        allow_download: let a pretrained tag download when it is not cached (False: the cache only).
     """
     import open_clip
 
@@ -286,7 +264,6 @@ def create_clip(
         register_model_configs(Path(str(pretrained)).expanduser().parent)  # a model config may sit beside it
     name = check_model_name(model_name)
     weights: Optional[LoadedWeights] = None
-    tag_file: Optional[str] = None
     is_tag = False
     if pretrained:
         pretrained = str(pretrained)
@@ -294,10 +271,8 @@ def create_clip(
             weights = load_weights_file(pretrained)
         else:
             is_tag = True
-            tag_file = _resolve_tag(name, pretrained, allow_download)
-            if tag_file is not None:
-                weights = load_weights_file(tag_file)
-                weights.openai = weights.openai or pretrained == "openai"
+            weights = load_weights_file(_resolve_tag(name, pretrained, allow_download))
+            weights.openai = weights.openai or pretrained == "openai"
 
     if quick_gelu == "auto":
         use_qg = name.endswith("-quickgelu") or bool(weights and weights.openai) or (is_tag and pretrained == "openai")
@@ -312,10 +287,7 @@ def create_clip(
 
     torch.manual_seed(seed)
     with quiet_open_clip():
-        if is_tag and weights is None:
-            model = open_clip.create_model(arch, pretrained=pretrained, force_quick_gelu=use_qg)
-        else:
-            model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=use_qg)
+        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=use_qg)
     if weights is not None:
         sd = {k: v.float() if v.is_floating_point() else v for k, v in weights.state_dict.items()}
         _fix_logit_scale(sd, model)

@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, Callable[[], Parser], Callable[[argparse.Namespac
     "data check": ("check a data set's images and print a summary", parsers.check_parser, commands.data_check_cmd),
     "data features": ("fill the feature cache of a config (torchrun: sharded)", parsers.features_parser,
                       commands.data_features_cmd),
+    "data download": ("download VOC-LT or COCO-LT images (only those the lists name)", parsers.download_parser,
+                      commands.data_download_cmd),
+    "weights fetch": ("download pretrained CLIP weights ahead of time (RN50 ViT-B-16)", parsers.weights_parser,
+                      commands.weights_fetch_cmd),
     "demo": ("the offline benchmark: generated world, all methods x 3 seeds", parsers.demo_parser, commands.demo_cmd),
 }
 
@@ -67,9 +71,12 @@ def _group_help(group: str) -> str:
     return "\n".join(lines)
 
 
+_GROUPS = ("data", "weights")
+
+
 def _split_command(argv: list[str]) -> tuple[Optional[str], list[str]]:
-    if argv[:1] == ["data"] and len(argv) > 1 and f"data {argv[1]}" in COMMANDS:
-        return f"data {argv[1]}", argv[2:]
+    if argv[:1] and argv[0] in _GROUPS and len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:
+        return f"{argv[0]} {argv[1]}", argv[2:]
     if argv and argv[0] in COMMANDS:
         return argv[0], argv[1:]
     return None, argv
@@ -87,19 +94,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"lmpt {__version__}")
         return 0
     command, rest = _split_command(argv)
-    if command is None and argv[0] == "data":
+    if command is None and argv[0] in _GROUPS:
         if argv[1:2] in (["-h"], ["--help"]):
-            print(_group_help("data"))
+            print(_group_help(argv[0]))
             return 0
-        print("error: `lmpt data` needs an action: `lmpt data check ...` or `lmpt data features ...` "
-              "(`lmpt data --help`)", file=sys.stderr)
+        actions = " or ".join(f"`lmpt {c} ...`" for c in COMMANDS if c.startswith(argv[0] + " "))
+        print(f"error: `lmpt {argv[0]}` needs an action: {actions} (`lmpt {argv[0]} --help`)", file=sys.stderr)
         return 2
     if command is None:
         import difflib
 
         close = difflib.get_close_matches(argv[0], [c.split()[0] for c in COMMANDS], n=1)
         hint = f" Did you mean `lmpt {close[0]}`?" if close else ""
-        print(f"error: unknown command {' '.join(argv[:2]) if argv[0] == 'data' else argv[0]!r}.{hint} "
+        print(f"error: unknown command {' '.join(argv[:2]) if argv[0] in _GROUPS else argv[0]!r}.{hint} "
               f"Commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     _, make_parser, handler = COMMANDS[command]
@@ -109,8 +116,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(exc.code or 0)
     args.command = f"lmpt {command}"
     _setup_logging(verbose or getattr(args, "verbose", False))
-    if os.environ.get("LMPT_ALLOW_DOWNLOAD") != "1":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return int(handler(args) or 0)
     except UserError as exc:

@@ -182,6 +182,38 @@ def data_check_cmd(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def data_download_cmd(args: argparse.Namespace) -> int:
+    """Download a benchmark's listed images, then print the `lmpt data check` report."""
+    from ..data.check import check_dataset
+    from ..data.download import download_coco_lt, download_voc_lt
+    from ..data.sources import load_dataset
+
+    if args.source == "voc-lt":
+        report = download_voc_lt(args.root, mirrors=args.mirror, keep_archives=args.keep_archives,
+                                 show_progress=not args.quiet)
+    else:
+        report = download_coco_lt(args.root, mirrors=args.mirror, workers=args.workers, retries=args.retries,
+                                  archives=not args.no_archives, keep_archives=args.keep_archives,
+                                  show_progress=not args.quiet)
+    print(report.format())
+    dataset = load_dataset(args.source, root=args.root, check_files=False)
+    check = check_dataset(dataset, num_workers=min(8, os.cpu_count() or 1), progress=not args.quiet)
+    print(check.format())
+    return 0 if check.ok and not report.failed else 1
+
+
+def weights_fetch_cmd(args: argparse.Namespace) -> int:
+    """Download pretrained weights ahead of time and print where they are."""
+    from ..backbone import check_model_name
+    from ..weights import fetch_weights
+
+    for model in args.models:
+        path = fetch_weights(check_model_name(model), args.tag)
+        print(f"{model} ({args.tag}): {path} ({path.stat().st_size:,} bytes)")
+    print("offline machines: copy these files and pass model.pretrained=FILE, or copy the cache folder.")
+    return 0
+
+
 def data_features_cmd(args: argparse.Namespace) -> int:
     """Fill the feature cache for a config (sharded across ranks under torchrun)."""
     from .. import distributed as dist_utils

@@ -116,6 +116,33 @@ def check_parser() -> Parser:
     return sp
 
 
+def download_parser() -> Parser:
+    sp = Parser(prog="lmpt data download", description="Download the images a benchmark's lists name into --root, "
+                "then check them (the report of `lmpt data check`). VOC-LT: the VOC2012 trainval and VOC2007 test "
+                "archives (MD5-checked, resumed), only the listed images extracted. COCO-LT: the 6,909 listed images "
+                "one by one from COCO's image server (archives as the fallback). A rerun resumes.")
+    sp.add_argument("source", choices=["voc-lt", "coco-lt"])
+    sp.add_argument("--root", required=True, help="folder to fill (VOCdevkit/ or train2017/ + val2017/ go here)")
+    sp.add_argument("--mirror", action="append", default=[], metavar="URL",
+                    help="a host serving the same paths, tried first (repeatable)")
+    sp.add_argument("--workers", type=int, default=16, help="parallel image transfers (COCO-LT; default 16)")
+    sp.add_argument("--retries", type=int, default=4, help="retries per file and host, with back-off (default 4)")
+    sp.add_argument("--no-archives", action="store_true", help="COCO-LT: no archive fallback for missing images")
+    sp.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extracting")
+    sp.add_argument("--quiet", action="store_true", help="no progress")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    return sp
+
+
+def weights_parser() -> Parser:
+    sp = Parser(prog="lmpt weights fetch", description="Download pretrained CLIP weights into the Hugging Face cache "
+                "(where open_clip looks), for machines that train offline; prints where each file is.")
+    sp.add_argument("models", nargs="+", metavar="MODEL", help="architectures, e.g. RN50 ViT-B-16")
+    sp.add_argument("--tag", default="openai", help="open_clip pretrained tag (default: openai)")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    return sp
+
+
 def features_parser() -> Parser:
     return run_parser("lmpt data features", "Compute the image-feature cache of a config (torchrun: sharded).",
                        config="required", select=False)
