@@ -180,3 +180,22 @@ def test_export_format_flags_and_int8(runs, exported, images, tmp_path, capsys):
     z8, _ = clf.logits_and_probabilities(x)
     z32, _ = load_classifier(exported["lmpt-vit"]).logits_and_probabilities(x)
     assert 0 < np.abs(z8 - z32).max() < 0.05 * (z32.max() - z32.min())
+
+
+def test_the_onnxruntime_example_of_the_docs_runs_without_torch(exported, images):
+    import ast
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "predict.md"
+    block = next(b for b in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S) if "onnxruntime" in b)
+    assert "lmpt" not in block and "torch" not in block and len(block.strip().splitlines()) <= 12
+    model = exported["probe-vit"]
+    code = "import sys; sys.modules['torch'] = None\n" + block.replace('"model.onnx"', repr(str(model))).replace(
+        '"photo.jpg"', repr(images[2]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    printed = ast.literal_eval(proc.stdout.strip())
+    want = load_classifier(model).predict(images[2]).predictions[0]
+    assert {n for n, _ in printed} == {n for n, _ in want.labels}
+    assert all(abs(p - want.scores[n]) < 1e-3 for n, p in printed)  # printed rounded to 3 decimals
