@@ -148,7 +148,7 @@ def test_predict_and_export_errors_are_one_line(runs, tmp_path, capsys):
         (["predict", "--run", str(runs["vit"]), str(tmp_path / "none-*.png")], "no file matches"),
         (["predict", "--model", str(tmp_path / "gone.pt"), str(runs["vit"])], "no exported classifier"),
         (["predict", "--run", str(runs["vit"]), str(runs["vit"] / "config.yaml"), "--threshold", "2"], "[0, 1]"),
-        (["export", str(runs["vit"]), "--out", str(tmp_path / "m.onnx")], "ONNX"),
+        (["export", str(runs["vit"]), "--out", str(tmp_path / "m.onnx"), "--format", "torchscript"], "named *.pt"),
         (["export", str(tmp_path), "--out", str(tmp_path / "m.pt")], "no classifier in"),
     ]
     for argv, text in cases:

@@ -56,12 +56,13 @@ def swaps(tiny_data, tmp_path_factory):
 
     trained = run(load_config(None, tiny_overrides(tiny_data, tmp, **{"optim.epochs": 1, "run.name": "trained"})))
     export_run(trained.run_dir, tmp / "model.pt")
+    export_run(trained.run_dir, tmp / "model.onnx")
     photos = tmp / "photos"
     photos.mkdir()
     for p in sorted((tiny_data["root"] / "img").glob("test*.png"))[:3]:
         (photos / p.name).write_bytes(p.read_bytes())
     return {
-        "lmpt-demo/lmpt-seed0": str(trained.run_dir), "photos/": str(photos), "model.pt": str(tmp / "model.pt"),
+        "lmpt-demo/lmpt-seed0": str(trained.run_dir), "photos/": str(photos), "model.pt": str(tmp / "model.pt"), "model.onnx": str(tmp / "model.onnx"),
         "predictions.csv": str(tmp / "predictions.csv"),
         "/data/VOC": str(missing / "VOC"), "/data/coco": str(missing / "coco"),
         "/weights/RN50.pt": str(missing / "RN50.pt"), "/weights/ViT-B-16.pt": str(missing / "ViT-B-16.pt"),

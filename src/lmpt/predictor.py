@@ -1,24 +1,30 @@
 """Labelling images at scale: inputs, batched decoding with skipped failures, decisions, output formats.
 
-Used by ``lmpt predict`` for a run folder (:mod:`lmpt.engine.inference`) and for an exported classifier
-(:mod:`lmpt.exported`); needs neither open_clip nor the engine. A *scorer* is anything with ``class_names``,
-``thresholds`` (per class, on its probabilities), ``transform`` (PIL image -> ``[3, s, s]`` tensor) and
-``probabilities(images) -> [B, C]`` numpy array.
+Used by ``lmpt predict`` and ``lmpt.load_classifier`` for a run folder (:mod:`lmpt.engine.use.inference`), a
+TorchScript file (:mod:`lmpt.deploy.torchscript`) and an ONNX file (:mod:`lmpt.deploy.onnxfile`). This module
+imports no torch (numpy and Pillow only), so an ONNX classifier labels images without PyTorch installed; torch
+scorers decode in DataLoader worker processes (:mod:`lmpt.predictor_torch`).
+
+A *scorer* has ``class_names``, ``thresholds`` (per class, on its probabilities), ``transform`` (PIL image ->
+``[3, s, s]`` array or tensor) and ``probabilities(batch) -> [B, C]`` numpy array; optionally ``image_size``
+(checks preprocessed inputs), ``stack(list) -> batch`` (default: a float32 numpy array) and
+``batches(items, decode, batch_size, num_workers)`` (default: :func:`decoded_batches`, threads).
 """
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import io
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
-import torch
 
 from .errors import DataError, UserError
 from .progress import progress
@@ -35,15 +41,17 @@ class Scorer(Protocol):
     thresholds: np.ndarray
     transform: Callable
 
-    def probabilities(self, images: torch.Tensor) -> np.ndarray: ...
+    def probabilities(self, images: Any) -> np.ndarray: ...
 
 
 @dataclass
 class Inputs:
-    """Images to label, with their true labels when a manifest gave them (``None`` otherwise)."""
+    """Images to label (names: paths, or ``<array 0>``-style names of in-memory images), with their true labels
+    when a manifest gave them (``None`` otherwise); ``images`` holds the in-memory ones by position."""
 
     paths: list[str]
     labels: Optional[list[Optional[list[str]]]] = None
+    images: dict[int, Any] = field(default_factory=dict)
 
 
 def collect_inputs(items: Sequence[Union[str, os.PathLike]]) -> Inputs:
@@ -81,26 +89,87 @@ def collect_inputs(items: Sequence[Union[str, os.PathLike]]) -> Inputs:
     return Inputs(paths, labels if any_labels else None)
 
 
-class _Images(torch.utils.data.Dataset):
-    """``(index, tensor or None, error or None)``: a file that does not decode is reported, not raised."""
+def _in_memory_kind(obj: Any) -> Optional[str]:
+    """"image", "array" or "tensor" for an in-memory image; None for anything else."""
+    from PIL import Image
 
-    def __init__(self, paths: Sequence[str], transform: Callable) -> None:
-        self.paths, self.transform = list(paths), transform
+    from .data.imagefile import is_tensor
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    if isinstance(obj, Image.Image):
+        return "image"
+    if isinstance(obj, np.ndarray):
+        return "array"
+    return "tensor" if is_tensor(obj) else None
 
-    def __getitem__(self, i: int):
-        from .data.images import load_image
 
+def as_inputs(inputs: Any) -> Inputs:
+    """:class:`Inputs` of whatever ``predict`` was given: one path (a string is one path), one PIL image, array or
+    tensor (a 4-D array or tensor is a batch of them), or a sequence mixing paths, folders, globs, manifests and
+    in-memory images (named ``<array 0>``, ``<image 1>``, ``<tensor 2>`` by their position)."""
+    if isinstance(inputs, Inputs):
+        return inputs
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    elif _in_memory_kind(inputs) in ("array", "tensor") and len(inputs.shape) == 4:
+        inputs = list(inputs)
+    elif _in_memory_kind(inputs) is not None:
+        inputs = [inputs]
+    out = Inputs([], [])
+    any_labels = False
+    for k, item in enumerate(inputs):
+        kind = _in_memory_kind(item)
+        if kind is not None:
+            out.images[len(out.paths)] = item
+            out.paths.append(f"<{kind} {k}>")
+            out.labels.append(None)
+            continue
+        if not isinstance(item, (str, os.PathLike)):
+            raise UserError(f"cannot label a {type(item).__name__} (item {k}): give paths, folders, globs, manifests, "
+                            "PIL images, numpy arrays or tensors")
+        found = collect_inputs([item])
+        out.paths += found.paths
+        out.labels += found.labels or [None] * len(found.paths)
+        any_labels = any_labels or found.labels is not None
+    if not any_labels:
+        out.labels = None
+    return out
+
+
+def decode_item(item: Any, transform: Callable, image_size: Optional[int] = None) -> Any:
+    """One input (a path, or an in-memory image) as the scorer's ``[3, s, s]`` input."""
+    from .data.imagefile import in_memory_image, load_image
+
+    if isinstance(item, str):
+        return transform(load_image(item))
+    image = in_memory_image(item)
+    if isinstance(image, np.ndarray):  # already preprocessed
+        if image_size is not None and image.shape[1:] != (image_size, image_size):
+            raise DataError(f"a preprocessed input must be [3, {image_size}, {image_size}], got {image.shape}")
+        return image
+    return transform(image)
+
+
+def decoded_batches(items: Sequence[Any], decode: Callable[[Any], Any], batch_size: int,
+                    num_workers: int = 0) -> Iterator[list[tuple[int, Any, Optional[str]]]]:
+    """``[(index, decoded or None, error or None)]`` per batch; ``num_workers`` threads decode the next batch
+    while the caller scores this one (PIL releases the GIL while it decodes and resizes)."""
+    def one(i: int) -> tuple[int, Any, Optional[str]]:
         try:
-            return i, self.transform(load_image(self.paths[i])), None
+            return i, decode(items[i]), None
         except DataError as exc:
             return i, None, str(exc).split(". ")[0]
 
-
-def _collate(batch):
-    return batch
+    starts = range(0, len(items), max(1, batch_size))
+    if num_workers <= 0:
+        for s in starts:
+            yield [one(i) for i in range(s, min(len(items), s + batch_size))]
+        return
+    with ThreadPoolExecutor(num_workers) as pool:
+        submit = lambda s: [pool.submit(one, i) for i in range(s, min(len(items), s + batch_size))]  # noqa: E731
+        pending = submit(0) if len(items) else []
+        for s in starts:
+            current, pending = pending, (submit(s + batch_size) if s + batch_size < len(items) else [])
+            yield [f.result() for f in current]
 
 
 @dataclass
@@ -135,16 +204,19 @@ def choose(scores: np.ndarray, thresholds: np.ndarray, threshold: Optional[float
 class Predicting:
     """``predict(inputs)`` for a scorer (a run folder's or an exported file's classifier)."""
 
-    def predict(self, inputs: Union[Inputs, str, os.PathLike, Sequence[Union[str, os.PathLike]]],
-                threshold: Optional[float] = None, top_k: Optional[int] = None, batch_size: int = 32,
-                num_workers: int = 0, strict: bool = False, show_progress: bool = False) -> "PredictResult":
-        """Label images: files, folders, glob patterns or manifests (see :func:`predict_paths`)."""
-        if isinstance(inputs, (str, os.PathLike)):
-            inputs = [inputs]
-        if not isinstance(inputs, Inputs):
-            inputs = collect_inputs(inputs)
-        return predict_paths(self, inputs, threshold=threshold, top_k=top_k, batch_size=batch_size,
+    def predict(self, inputs: Any, threshold: Optional[float] = None, top_k: Optional[int] = None,
+                batch_size: int = 32, num_workers: int = 0, strict: bool = False,
+                show_progress: bool = False) -> "PredictResult":
+        """Label images: one path (a string is always one path), or a list of files, folders, glob patterns,
+        manifests, PIL images, numpy ``HxWx3`` uint8 arrays and tensors (``3xHxW`` uint8: raw; float: already
+        preprocessed); see :func:`as_inputs` and :func:`predict_paths`."""
+        return predict_paths(self, as_inputs(inputs), threshold=threshold, top_k=top_k, batch_size=batch_size,
                              num_workers=num_workers, strict=strict, show_progress=show_progress)
+
+
+def stack_arrays(items: Sequence[Any]) -> np.ndarray:
+    """A float32 batch ``[B, 3, s, s]`` of arrays (or CPU tensors)."""
+    return np.stack([np.asarray(x, dtype=np.float32) for x in items])
 
 
 def predict_paths(scorer: Scorer, inputs: Union[Inputs, Sequence[str]], threshold: Optional[float] = None,
@@ -159,20 +231,23 @@ def predict_paths(scorer: Scorer, inputs: Union[Inputs, Sequence[str]], threshol
         inputs = Inputs([str(p) for p in inputs])
     names = list(scorer.class_names)
     thresholds = np.asarray(scorer.thresholds)
-    loader = torch.utils.data.DataLoader(_Images(inputs.paths, scorer.transform), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=_collate)
+    items = [inputs.images.get(i, p) for i, p in enumerate(inputs.paths)]
+    decode = functools.partial(decode_item, transform=scorer.transform, image_size=getattr(scorer, "image_size", None))
+    batches = getattr(scorer, "batches", decoded_batches)
+    stack = getattr(scorer, "stack", stack_arrays)
     result = PredictResult([])
     bar = progress(len(inputs.paths), "predict", unit="img", enabled=show_progress)
-    for batch in loader:
+    for batch in batches(items, decode, batch_size, num_workers):
         good = [(i, x) for i, x, _ in batch if x is not None]
         for i, _, err in batch:
             if err is not None:
+                err = f"{inputs.paths[i]}: {err}" if i in inputs.images else err
                 if strict:
                     raise DataError(f"{err} (--strict stops at the first unreadable file)")
                 logger.warning("skipped: %s", err)
                 result.failed.append((inputs.paths[i], err))
         if good:
-            probs = scorer.probabilities(torch.stack([x for _, x in good]))
+            probs = scorer.probabilities(stack([x for _, x in good]))
             for (i, _), p in zip(good, probs):
                 chosen = choose(p, thresholds, threshold, top_k)
                 true = inputs.labels[i] if inputs.labels is not None else None
@@ -187,7 +262,7 @@ def predict_paths(scorer: Scorer, inputs: Union[Inputs, Sequence[str]], threshol
 
 def labelled_summary(predictions: Sequence[Prediction], class_names: Sequence[str]) -> Optional[dict[str, float]]:
     """Precision, recall and F1 over all (image, label) decisions of the images that came with labels."""
-    from .calibration import decision_metrics
+    from .metrics import f1_scores
 
     rows = [p for p in predictions if p.true_labels is not None]
     if not rows:
@@ -201,7 +276,8 @@ def labelled_summary(predictions: Sequence[Prediction], class_names: Sequence[st
     for r, p in enumerate(rows):
         y[r, [index[n] for n in p.true_labels if n in index]] = True
         pred[r, [index[n] for n, _ in p.labels]] = True
-    m = decision_metrics(pred.astype(float), y, 0.5)
+    m = f1_scores(pred.astype(float), y, 0.5)
+    m["labels_per_image"], m["true_labels_per_image"] = float(pred.sum(1).mean()), float(y.sum(1).mean())
     return {"images": len(rows), "precision": m["OP"], "recall": m["OR"], "f1": m["OF1"], "CF1": m["CF1"],
             "labels_per_image": m["labels_per_image"], "true_labels_per_image": m["true_labels_per_image"]}
 
@@ -256,5 +332,5 @@ def format_predictions(result: PredictResult, fmt: str = "table") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["collect_inputs", "predict_paths", "Predicting", "format_predictions", "Prediction", "PredictResult", "Inputs",
+__all__ = ["collect_inputs", "as_inputs", "decoded_batches", "decode_item", "predict_paths", "Predicting", "format_predictions", "Prediction", "PredictResult", "Inputs",
            "choose", "FORMATS", "IMAGE_EXTENSIONS"]

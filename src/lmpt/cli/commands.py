@@ -101,21 +101,24 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
 
 def predict_cmd(args: argparse.Namespace) -> int:
-    from ..engine.prepared import resolve_device
+    from ..deploy import is_onnx, load_classifier
     from ..predictor import collect_inputs, format_predictions, notes
 
     if (args.run is None) == (args.model is None):
         raise UserError("give the classifier: --run RUN_DIR (a run folder) or --model FILE (from `lmpt export`)")
     inputs = collect_inputs(args.inputs)
-    device = resolve_device(args.device or "auto")
-    if args.model is not None:
-        from ..deploy import load_classifier
-
-        scorer = load_classifier(args.model, device)
+    if args.model is not None and is_onnx(args.model):  # onnxruntime: torch is never imported on this path
+        scorer = load_classifier(args.model, args.device or "cpu")
     else:
-        from ..engine.use.inference import RunScorer, load_run
+        from ..engine.prepared import resolve_device
 
-        scorer = RunScorer(load_run(args.run, weights=args.weights, device=device))
+        device = resolve_device(args.device or "auto")
+        if args.model is not None:
+            scorer = load_classifier(args.model, device)
+        else:
+            from ..engine.use.inference import RunScorer, load_run
+
+            scorer = RunScorer(load_run(args.run, weights=args.weights, device=device))
     workers = args.workers if args.workers is not None else (min(4, os.cpu_count() or 1) if len(inputs.paths) > 64 else 0)
     result = scorer.predict(inputs, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
                             num_workers=workers, strict=args.strict, show_progress=not args.quiet)
@@ -140,8 +143,9 @@ def predict_cmd(args: argparse.Namespace) -> int:
 def export_cmd(args: argparse.Namespace) -> int:
     from ..engine.use.export import export_run
 
-    out = export_run(args.run_dir, args.out, weights=args.weights)
-    print(f"written: {out} (load it with `lmpt predict --model {out} IMAGES` or lmpt.load_classifier)")
+    out = export_run(args.run_dir, args.out, weights=args.weights, fmt=args.format, quantize=args.quantize)
+    size = out.stat().st_size / 2 ** 20
+    print(f"written: {out} ({size:.1f} MiB; load it with `lmpt predict --model {out} IMAGES` or lmpt.load_classifier)")
     return 0
 
 

@@ -64,7 +64,8 @@ def predict_parser() -> Parser:
                  "if any, give precision/recall/F1 at the end).")
     sp.add_argument("inputs", nargs="+", help="images, folders, glob patterns or manifests")
     sp.add_argument("--run", default=None, help="run folder (or its .safetensors classifier file)")
-    sp.add_argument("--model", default=None, help="a classifier written by `lmpt export` (instead of --run)")
+    sp.add_argument("--model", default=None, help="a classifier written by `lmpt export`, .onnx or .pt (instead of "
+                    "--run); an .onnx file needs no PyTorch")
     sp.add_argument("--threshold", type=float, default=None, help="one threshold T on the calibrated probability "
                     "for every class (default: each class's threshold fitted on validation data)")
     sp.add_argument("--top-k", type=int, default=None, help="report the K most probable labels instead")
@@ -81,10 +82,16 @@ def predict_parser() -> Parser:
 
 
 def export_parser() -> Parser:
-    sp = Parser(prog="lmpt export", description="Write a run's classifier as one TorchScript file (image tower, "
-                 "class features, calibration, thresholds, class names, preprocessing).")
+    sp = Parser(prog="lmpt export", description="Write a run's classifier as one ONNX (default) or TorchScript file "
+                 "(image tower, class features, calibration, thresholds, class names, preprocessing). An .onnx file "
+                 "runs on onnxruntime with numpy and Pillow, without PyTorch.")
     sp.add_argument("run_dir", help="run folder (or its .safetensors classifier file)")
-    sp.add_argument("--out", required=True, help="output file, e.g. model.pt")
+    sp.add_argument("--out", required=True, help="output file: model.onnx (ONNX) or model.pt (TorchScript)")
+    sp.add_argument("--format", choices=["onnx", "torchscript"], default=None,
+                    help="file format (default: from the --out suffix, .pt -> torchscript, else onnx)")
+    sp.add_argument("--quantize", choices=["int8"], default=None,
+                    help="ONNX only: int8 weights for MatMul/Gemm (onnxruntime dynamic quantization), written "
+                    "instead of the float32 model")
     sp.add_argument("--weights", default=None, help="CLIP weights file, if it moved since training")
     sp.add_argument("-v", "--verbose", action="store_true")
     return sp

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision import transforms as T
 
-from ..errors import DataError
+from ..errors import DataError  # noqa: F401  (re-exported for callers)
+from .imagefile import load_image  # noqa: F401  (decoding lives in the torch-free module)
 from ..registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,29 +52,6 @@ _INTERPOLATIONS = {
     "bicubic": T.InterpolationMode.BICUBIC,
     "lanczos": T.InterpolationMode.LANCZOS,
 }
-
-
-def load_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Decode ``path`` fully and return it as an RGB PIL image.
-
-    Raises DataError naming the file when it is missing, unreadable or does not decode
-    (unknown format, truncated data, ...).
-    """
-    path = os.fspath(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}. Check the data root / image_root, or remove "
-                        "the image from the list or manifest.") from None
-    except IsADirectoryError:
-        raise DataError(f"image path is a directory, not a file: {path}") from None
-    except PermissionError as e:
-        raise DataError(f"cannot read image {path}: {e}. Fix the file permissions.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}. Replace the file or "
-                        "remove it from the list; `lmpt data check` lists all such files.") from None
 
 
 def _resolve(mode: str, mean, std, interpolation) -> tuple[tuple, tuple, str]:

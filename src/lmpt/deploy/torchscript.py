@@ -22,12 +22,11 @@ import torch
 
 from ..errors import CheckpointError
 from ..predictor import Predicting
+from ..predictor_torch import TorchBatching
+from .meta import EXPORT_VERSION, META_NAME, validate_meta
 
-META_NAME = "lmpt.json"
-EXPORT_VERSION = 1
 
-
-class ExportedClassifier(Predicting):
+class ExportedClassifier(TorchBatching, Predicting):
     """A loaded ``lmpt export`` file: preprocessing, the traced model and its decisions."""
 
     def __init__(self, module: torch.jit.ScriptModule, meta: dict[str, Any], device: Union[str, torch.device] = "cpu"):
@@ -36,6 +35,7 @@ class ExportedClassifier(Predicting):
         self.module, self.meta, self.device = module, meta, torch.device(device)
         self.class_names: list[str] = list(meta["class_names"])
         self.thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
+        self.image_size = int(meta["preprocess"]["image_size"])
         self.transform = transform_from_signature(meta["preprocess"])
 
     @torch.no_grad()
@@ -63,12 +63,12 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not extra[META_NAME]:
         raise CheckpointError(f"{path} has no lmpt metadata; was it written by `lmpt export`?")
-    meta = json.loads(extra[META_NAME])
-    if meta.get("export_version", 0) > EXPORT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer lmpt (export version {meta['export_version']}); "
-                              "upgrade lmpt to read it")
+    try:
+        meta = validate_meta(json.loads(extra[META_NAME]), path)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: its lmpt metadata is not JSON; re-export the run with `lmpt export`") from None
     module.eval()
     return ExportedClassifier(module, meta, device)
 
 
-__all__ = ["ExportedClassifier", "load_classifier", "META_NAME"]
+__all__ = ["ExportedClassifier", "load_classifier", "META_NAME", "EXPORT_VERSION"]

@@ -21,6 +21,7 @@ from ...data.images import PreprocessConfig, transform_from_signature
 from ...errors import CheckpointError, UserError
 from ...io import atomic_write_json
 from ...predictor import Predicting
+from ...predictor_torch import TorchBatching
 from ..config import Config, config_from_dict
 from ..methods import METHOD_KINDS
 from ..prepared import Prepared, dataset_from_config, resolve_device, split_features
@@ -133,7 +134,7 @@ def reevaluate_run(run_dir: Union[str, Path], overrides: Sequence[str] = (), wri
     return metrics
 
 
-class RunScorer(Predicting):
+class RunScorer(TorchBatching, Predicting):
     """A loaded run as a :class:`lmpt.predictor.Scorer`: its preprocessing, calibrated probabilities, thresholds;
     ``predict(inputs)`` labels images (:meth:`lmpt.predictor.Predicting.predict`)."""
 
@@ -144,7 +145,10 @@ class RunScorer(Predicting):
             logger.warning("this classifier file has no calibration (written by an older lmpt): scores are "
                            "sigmoid(logit) and the threshold 0.5; re-run `lmpt train` for calibrated decisions")
         self.thresholds = np.asarray(self.model.calibration.thresholds)
-        self.transform = transform_from_signature(preprocess_signature(run.meta, self.model.backbone))
+        self.signature = preprocess_signature(run.meta, self.model.backbone)
+        self.image_size = int(self.signature["image_size"])
+        self.transform = transform_from_signature(self.signature)
+        self.run_dir = run.run_dir
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
