@@ -19,7 +19,6 @@ import json
 import tarfile
 import tempfile
 import threading
-import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path

@@ -30,11 +30,12 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from lmpt.backbone import create_clip  # noqa: E402
 from lmpt.calibration import fit_calibration  # noqa: E402
 from lmpt.data.manifest import read_manifest_images  # noqa: E402
-from lmpt.engine.rundir.checkpoint import ZEROSHOT_FILE, save_weights  # noqa: E402
+from lmpt.engine.methods import METHOD_KINDS  # noqa: E402
+from lmpt.engine.rundir.checkpoint import save_weights  # noqa: E402
 from lmpt.engine.config import load_config  # noqa: E402
 from lmpt.engine.studies.demo import build_demo_world  # noqa: E402
 from lmpt.engine.use.export import export_run  # noqa: E402
-from lmpt.engine.use.inference import load_run, predict_images  # noqa: E402
+from lmpt.engine.use.inference import RunScorer, load_run  # noqa: E402
 from lmpt.deploy import load_classifier  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def write_run(folder: Path, model: str, class_names: list[str]) -> Path:
             "method": "zeroshot", "kind": "zeroshot", "preprocess": "reference",
             "calibration": fit_calibration(logits, labels).to_dict()}
     folder.mkdir(parents=True, exist_ok=True)
-    save_weights(folder / ZEROSHOT_FILE, {"text_features": text}, meta)
+    save_weights(folder / METHOD_KINDS["zeroshot"].weights_file, {"text_features": text}, meta)
     return folder
 
 
@@ -81,17 +82,17 @@ def main() -> None:
     names = [n for n in Path(world.classes_file).read_text().splitlines() if n.strip()]
     work = Path(tempfile.mkdtemp(prefix="lmpt-predict-bench-"))
     run_dir = write_run(work / "run", args.model, names)
-    model_file = export_run(run_dir, work / "model.pt")
+    model_file = export_run(run_dir, work / "model.pt", fmt="torchscript")
     emit(figure="export_file_mb", value=round(model_file.stat().st_size / 2 ** 20, 1), model=args.model)
-    run = load_run(run_dir)
+    run = RunScorer(load_run(run_dir))
     exported = load_classifier(model_file)
     kw = dict(batch_size=args.batch_size, num_workers=args.workers)
     warm = paths[:args.batch_size * 3]  # TorchScript's profiling executor optimises after its first calls
-    predict_images(run, warm, **kw)
+    run.predict(warm, **kw)
     exported.predict(warm, **kw)
     run_times, exp_times = [], []
     for _ in range(args.repeats):  # alternate, so drifting machine load hits both alike; report the medians
-        run_times.append(timed(lambda: predict_images(run, paths, **kw), len(paths)))
+        run_times.append(timed(lambda: run.predict(paths, **kw), len(paths)))
         exp_times.append(timed(lambda: exported.predict(paths, **kw), len(paths)))
     run_ips, exp_ips = statistics.median(run_times), statistics.median(exp_times)
     common = dict(model=args.model, images=len(paths), batch_size=args.batch_size, workers=args.workers,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmpt.batchnorm import adapt_batchnorm, batchnorm_layers, batchnorm_state
+from lmpt.batchnorm import adapt_batchnorm, batchnorm_layers
 from lmpt.data.images import PreprocessConfig, load_image, transform_from_signature
 from lmpt.engine import load_config, prepare
 from lmpt.engine import run as train
