@@ -169,7 +169,7 @@ def predict_paths(scorer: Scorer, inputs: Union[Inputs, Sequence[str]], threshol
             if err is not None:
                 if strict:
                     raise DataError(f"{err} (--strict stops at the first unreadable file)")
-                logger.warning("skipped: %s", err)
+                logger.info("skipped: %s", err)  # listed once, by notes() or result.failed
                 result.failed.append((inputs.paths[i], err))
         if good:
             probs = scorer.probabilities(torch.stack([x for _, x in good]))

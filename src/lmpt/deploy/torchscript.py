@@ -22,6 +22,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..predictor import Predicting
+from .checks import check_exported_meta, check_finite
 
 META_NAME = "lmpt.json"
 EXPORT_VERSION = 1
@@ -63,10 +64,12 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not extra[META_NAME]:
         raise CheckpointError(f"{path} has no lmpt metadata; was it written by `lmpt export`?")
-    meta = json.loads(extra[META_NAME])
-    if meta.get("export_version", 0) > EXPORT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer lmpt (export version {meta['export_version']}); "
-                              "upgrade lmpt to read it")
+    try:
+        meta = json.loads(extra[META_NAME])
+    except ValueError:
+        raise CheckpointError(f"{path}: its lmpt metadata is not valid JSON; the file is damaged") from None
+    check_exported_meta(meta, path, EXPORT_VERSION)
+    check_finite(dict(module.named_buffers()), path)
     module.eval()
     return ExportedClassifier(module, meta, device)
 

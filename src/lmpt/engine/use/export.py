@@ -7,6 +7,7 @@ travels inside the archive as ``lmpt.json``.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -18,7 +19,7 @@ import torch
 from ... import __version__
 from ...errors import UserError
 from ...deploy.torchscript import EXPORT_VERSION, META_NAME
-from ...io import atomic_path
+from ...io import atomic_write_bytes
 from .inference import Classifier, load_run, preprocess_signature
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ def export_run(run: Union[str, Path], out: Union[str, Path], weights: Optional[s
         warnings.simplefilter("ignore")  # tracer notes on shape checks inside the towers; the input size is fixed
         traced = torch.jit.trace(module, example, check_trace=False)
     meta = export_meta(classifier, loaded.meta, str(run))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp, warnings.catch_warnings():
+    buffer = io.BytesIO()  # serialised in memory: TorchScript's file writer aborts the process on a full disk
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(traced, str(tmp), _extra_files={META_NAME: json.dumps(meta)})
+        torch.jit.save(traced, buffer, _extra_files={META_NAME: json.dumps(meta)})
+    atomic_write_bytes(out, buffer.getvalue())
     return out
