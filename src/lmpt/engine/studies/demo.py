@@ -25,7 +25,7 @@ from ..prepared import prepare
 from ..rundir.layout import SweepLayout
 from ..rundir.report import summary_table
 from .compare import comparison_table
-from .sweep import check_sweep_lists, check_sweep_overrides, parse_int_list, run_sweep
+from .sweep import PER_RUN_KEYS, check_sweep_lists, check_sweep_overrides, parse_int_list, run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +92,7 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     and smoke runs; ``overrides`` are config overrides (``optim.epochs=2``).
     """
     t_start = time.perf_counter()
-    check_sweep_overrides(overrides, "lmpt demo")
-    layout = SweepLayout(out_dir)
-    out = layout.root
-    make_dir(out, "the demo's output folder")
+    check_sweep_overrides(overrides, "lmpt demo", PER_RUN_KEYS + ("run.output_dir",))
     if seeds is None:
         seed_list = [0] if quick else [0, 1, 2]
     elif isinstance(seeds, str):
@@ -103,6 +100,9 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     else:
         seed_list = [int(s) for s in seeds]
     check_sweep_lists(methods, seed_list)
+    layout = SweepLayout(out_dir)
+    out = layout.root
+    make_dir(out, "the demo's output folder")
 
     _say(f"[1/4] world: {num_classes} classes, seed {world_seed}{' (quick)' if quick else ''}")
     t0 = time.perf_counter()

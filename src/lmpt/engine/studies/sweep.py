@@ -110,7 +110,7 @@ def parse_int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(s) for s in str(text).split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"{flag} must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+        raise ConfigError(f"{flag} must be comma-separated integers, got {text!r} (e.g. 0,1,2)") from None
     if not values:
         raise ConfigError(f"{flag} is empty; give at least one seed, e.g. {flag} 0,1,2")
     bad = [v for v in values if not 0 <= v < 2 ** 63]
@@ -119,15 +119,15 @@ def parse_int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-# Settings every run of a sweep (or the demo) gets from the sweep itself, not from overrides.
-PER_RUN_KEYS = ("run.method", "run.seed", "run.name", "run.output_dir")
+# Settings every run of a sweep gets from the sweep itself, not from overrides (the demo also sets the folder).
+PER_RUN_KEYS = ("run.method", "run.seed", "run.name")
 
 
-def check_sweep_overrides(overrides: Sequence[str], command: str) -> None:
+def check_sweep_overrides(overrides: Sequence[str], command: str, keys: Sequence[str] = PER_RUN_KEYS) -> None:
     """Refuse overrides of the settings a sweep sets per run (``run.method=coop`` would be silently replaced)."""
     for text in overrides:
         key = text.split("=", 1)[0].strip()
-        if key in PER_RUN_KEYS:
+        if key in keys:
             raise ConfigError(f"override '{text}': {command} sets {key} for each of its runs; choose methods "
                               "with --methods, seeds with --seeds and the folder with --out instead")
 
