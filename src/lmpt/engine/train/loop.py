@@ -55,9 +55,13 @@ def _save_or_explain(state_path: Path, history: list[dict[str, Any]], start_epoc
     try:
         save_state(state_path, state)
     except UserError as exc:
-        kept = f"the last good checkpoint {state_path} is kept" if state_path.is_file() else "no checkpoint was kept"
-        raise TrainingError(f"{exc}; training stopped after epoch {history[-1]['epoch'] if history else start_epoch} "
-                            f"({kept}); `lmpt train --resume {state_path.parent}` continues once there is space") from None
+        epoch = history[-1]["epoch"] if history else start_epoch
+        if state_path.is_file():
+            then = (f"the last good checkpoint {state_path} is kept; `lmpt train --resume {state_path.parent}` "
+                    "continues once there is space")
+        else:
+            then = "there is no earlier checkpoint: run it again once there is space"
+        raise TrainingError(f"{exc}; training stopped after epoch {epoch} ({then})") from None
 
 
 def fit(cfg: Config, trainer: Trainer, prepared: Prepared, layout: RunLayout, resume: bool,
