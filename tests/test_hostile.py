@@ -539,3 +539,28 @@ def test_torchscript_archive_with_a_foreign_global_is_refused(tmp_path):
         zf.writestr("evil/code/__torch__/m.py", "")
     with pytest.raises(UserError, match=r"could not read weights file .*evil.pt.*refusing posix.system"):
         load_weights_file(path)
+
+
+# ---- beyond the list -------------------------------------------------------------------------------
+
+def test_beyond_the_list(trained, tiny_data, image, tmp_path, capsys):
+    base = tiny_overrides(tiny_data, tmp_path)
+    run = trained["run"]
+    _one_line(capsys, ["predict", "--run", run, image, "--batch-size", "0"], "--batch-size 0")
+    _one_line(capsys, ["predict", "--run", run, image, "--workers", "-1"], "--workers -1")
+    _one_line(capsys, ["predict", "--run", run, ""], "an input is an empty string")  # was: every image under .
+    _one_line(capsys, ["data", "check", "manifest", "--train", tiny_data["train"], "--test", tiny_data["test"],
+                       "--workers", "-3"], "--workers -3")
+    _one_line(capsys, ["train", *base, "optim.epochs=1e30"], "optim.epochs=")
+    _one_line(capsys, ["train", *base, "data.num_workers=100000"], "data.num_workers=100000")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    _one_line(capsys, ["train", dup], "key 'lr' is given twice")
+    named = tmp_path / "named.yaml"
+    named.write_text("run:\n  name: 5\ndata:\n  train: 7\n")
+    cfg = load_config(named, base[1:2], check_source=False)  # a later override of a key the file set
+    assert cfg.run.name == "5" and cfg.data.train == str(tiny_data["train"])
+    named.write_text("run:\n  name: true\n")
+    _one_line(capsys, ["train", named], "run.name must be a name or a path, got True")
+    _one_line(capsys, ["demo", "--quick", "--classes", "100000", "--out", tmp_path / "demo"], "100000")
+    assert not (tmp_path / "demo").exists()

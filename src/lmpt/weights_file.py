@@ -77,7 +77,8 @@ def load_weights_file(path: Union[str, Path]) -> LoadedWeights:
     except UserError:
         raise
     except Exception as exc:  # corrupt or foreign file
-        raise UserError(f"could not read weights file {path}: {type(exc).__name__}: {exc}. "
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"could not read weights file {path}: {type(exc).__name__}: {first[:300]}. "
                         "Expected OpenAI's TorchScript archive, a state_dict .pt, a .safetensors file "
                         "or an open_clip checkpoint.") from None
 

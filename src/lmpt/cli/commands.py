@@ -109,6 +109,13 @@ def predict_cmd(args: argparse.Namespace) -> int:
                         "`lmpt export`)")
     if args.run is None and args.model is None:
         raise UserError("give the classifier: --run RUN_DIR (a run folder) or --model FILE (from `lmpt export`)")
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} {value}: must be at least {low}")
+    empty = [i for i in args.inputs if not str(i).strip()]
+    if empty:
+        raise UserError("an input is an empty string: give image files, folders, glob patterns or manifests "
+                        "(use . for the current folder)")
     inputs = collect_inputs(args.inputs)
     device = resolve_device(args.device or "auto")
     if args.model is not None:
@@ -174,6 +181,9 @@ def data_check_cmd(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
     from ..data.sources import load_dataset
 
+    for flag, value in (("--workers", args.workers), ("--max-listed", args.max_listed)):
+        if value is not None and value < 0:
+            raise UserError(f"{flag} {value}: must be 0 or more")
     dataset = load_dataset(args.source, root=args.root, train=args.train, val=args.val, test=args.test,
                            classes=args.classes, image_root=args.image_root, check_files=False)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)

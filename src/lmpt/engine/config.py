@@ -235,17 +235,39 @@ def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
                     keys.register(k, k)
                 raise ConfigError(f"{source}: unknown key '{section}.{key}'.{keys.suggest(str(key))} "
                                   f"Keys of '{section}': {', '.join(known)}.")
-            default = getattr(target, key)
             fdef = known[key]
+            default = _default_of(fdef)
             if value is None and not str(fdef.type).startswith("Optional"):
-                raise ConfigError(f"{source}: {section}.{key} is empty; give it a value (the default is "
-                                  f"{_default_of(fdef)!r})")
-            if default is None:
-                default = fdef.default if fdef.default is not dataclasses.MISSING else None
+                raise ConfigError(f"{source}: {section}.{key} is empty; give it a value (the default is {default!r})")
+            if default is None:  # an optional key: its declared type decides
+                default = _OPTIONAL_TYPES.get(str(fdef.type))
+                if isinstance(default, str) and isinstance(value, bool):
+                    raise ConfigError(f"{source}: {section}.{key} must be a name or a path, got {value!r}")
             value = _coerce(value, default, f"{source}: {section}.{key}")
             normalize = _NORMALIZE.get((section, key))
             setattr(target, key, normalize(value) if normalize is not None else value)
     return cfg
+
+
+_OPTIONAL_TYPES = {"Optional[str]": "", "Optional[int]": 0, "Optional[float]": 0.0}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _default_of(fdef: dataclasses.Field) -> Any:
@@ -265,11 +287,11 @@ def _read_yaml(path: Union[str, Path]) -> tuple[dict, str]:
         name = str(path)[:-5] if str(path).endswith(".yaml") else str(path)
         builtin = resources.files("lmpt") / "configs" / f"{Path(name).name}.yaml"
         if "/" not in str(path) and builtin.is_file():
-            return yaml.safe_load(builtin.read_text()) or {}, f"built-in config '{Path(name).name}'"
+            return _load_yaml(builtin.read_text()) or {}, f"built-in config '{Path(name).name}'"
         raise ConfigError(f"config file not found: {path}. Pass a YAML file or a built-in config name "
                           f"({', '.join(builtin_config_names())}).")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = _load_yaml(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError as exc:

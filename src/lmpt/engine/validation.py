@@ -128,7 +128,7 @@ def validate(cfg: Any, check_source: bool = True) -> None:
     _number(d.feature_batch_size, "data.feature_batch_size", 1, integer=True)
     _number(d.feature_chunk_size, "data.feature_chunk_size", 1, integer=True)
     if d.num_workers is not None:
-        _number(d.num_workers, "data.num_workers", 0, integer=True)
+        _number(d.num_workers, "data.num_workers", 0, 256, integer=True)
 
     if m.quick_gelu not in ("auto", True, False):
         raise ConfigError(f"model.quick_gelu={m.quick_gelu!r} is not one of auto, true, false")
@@ -161,7 +161,7 @@ def validate(cfg: Any, check_source: bool = True) -> None:
     _number(o.momentum, "optim.momentum", 0, 1, high_open=True)
     _number(o.weight_decay, "optim.weight_decay", 0)
     _number(o.batch_size, "optim.batch_size", 1, integer=True)
-    _number(o.epochs, "optim.epochs", 1, integer=True)
+    _number(o.epochs, "optim.epochs", 1, 100_000, integer=True)
     _number(o.patience, "optim.patience", 0, integer=True)
     _number(o.factor, "optim.factor", 0, 1, low_open=True, high_open=True)
     _number(o.min_lr, "optim.min_lr", 0)

@@ -102,8 +102,21 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     check_sweep_lists(methods, seed_list)
     layout = SweepLayout(out_dir)
     out = layout.root
+    created = not out.exists()
     make_dir(out, "the demo's output folder")
+    try:
+        return _run_demo(layout, quick, world_seed, num_classes, seed_list, cache_dir, device, overrides,
+                         world_options, methods, t_start)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a demo that failed before writing anything leaves no empty folder
+        raise
 
+
+def _run_demo(layout: SweepLayout, quick: bool, world_seed: int, num_classes: int, seed_list: list[int],
+              cache_dir: Optional[str], device: str, overrides: Sequence[str], world_options: Optional[dict[str, Any]],
+              methods: Sequence[str], t_start: float) -> dict[str, Any]:
+    out = layout.root
     _say(f"[1/4] world: {num_classes} classes, seed {world_seed}{' (quick)' if quick else ''}")
     t0 = time.perf_counter()
     world = build_demo_world(num_classes, world_seed, quick, cache_dir, world_options)
