@@ -90,6 +90,8 @@ def load_weights(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[
     for key in ("backbone", "config"):
         if not isinstance(meta.get(key), dict):
             raise CheckpointError(f"{path}: metadata '{key}' is missing or not a mapping; the file is damaged")
+    if not isinstance(meta["backbone"].get("model"), str):
+        raise CheckpointError(f"{path}: metadata 'backbone' does not name its model; the file is damaged")
     check_calibration(meta.get("calibration"), len(names), path)
     check_finite(tensors, path)
     meta.setdefault("kind", next((k.name for k in METHOD_KINDS.values() if k.weights_file == path.name), "prompt"))

@@ -17,7 +17,7 @@ import numpy as np
 
 from ... import distributed as dist_utils
 from ...errors import ConfigError
-from ...io import atomic_path, atomic_write_json, atomic_write_text, make_dir, stable_hash
+from ...io import atomic_path, atomic_write_json, atomic_write_text, make_dir, stable_hash, write_error
 from ..config import Config
 from ..prepared import Prepared
 from ..validation import RESUMABLE
@@ -75,6 +75,14 @@ def open_run_dir(cfg: Config, run_dir: Optional[Union[str, Path]] = None, resume
         raise
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """The run's log file; a record that cannot be written (full disk) is dropped, not printed with a traceback
+    (the console still gets it, and the write that matters, the checkpoint, reports the problem)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextmanager
 def run_log(layout: RunLayout) -> Iterator[None]:
     """Copy the ``lmpt`` loggers' records into the run's log file while the block runs (rank 0 only).
@@ -84,7 +92,10 @@ def run_log(layout: RunLayout) -> Iterator[None]:
     if not dist_utils.is_main():
         yield
         return
-    handler = logging.FileHandler(layout.log)
+    try:
+        handler = _QuietFileHandler(layout.log)
+    except OSError as exc:
+        raise write_error(layout.log, exc) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("lmpt").addHandler(handler)
     try:
