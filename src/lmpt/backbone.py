@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -24,24 +23,14 @@ from torch import nn
 
 from .data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .errors import ConfigError, UserError
+from .weights_file import OPENAI_MARKER_KEYS, LoadedWeights, load_weights_file  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-OPENAI_MARKER_KEYS = ("input_resolution", "context_length", "vocab_size")
 _OPENAI_ALIASES = {"ViT-B/16": "ViT-B-16", "ViT-B/32": "ViT-B-32", "ViT-L/14": "ViT-L-14",
                    "ViT-L/14@336px": "ViT-L-14-336", "ViT16": "ViT-B-16", "ViT32": "ViT-B-32"}
 _REGISTERED: set[str] = set()
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-
-
-@dataclass
-class LoadedWeights:
-    """A state dict read from a file, with what was learned about its origin."""
-
-    state_dict: dict[str, torch.Tensor]
-    openai: bool
-    source: str
-    kind: str  # "torchscript", "safetensors", "state_dict", "checkpoint"
 
 
 @dataclass
@@ -137,6 +126,8 @@ def _known_models() -> list[str]:
 
 def check_model_name(name: str) -> str:
     """Return the normalised architecture name, or raise ConfigError with close matches."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"model.backbone is empty ({name!r}): name an open_clip architecture (e.g. RN50, ViT-B-16)")
     name = normalize_model_name(name)
     known = _known_models()
     if name not in known:
@@ -146,67 +137,6 @@ def check_model_name(name: str) -> str:
                           f"(e.g. RN50, ViT-B-16, ViT-L-14); `python -c \"import open_clip; "
                           f"print(open_clip.list_models())\"` lists them.")
     return name
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
-
-
-def load_weights_file(path: Union[str, Path]) -> LoadedWeights:
-    """Read a CLIP weights file into a state dict (on the CPU) and detect OpenAI weights.
-
-    OpenAI weights are recognised only by evidence that cannot misfire: the entries OpenAI's
-    checkpoints carry and no open_clip model has (``input_resolution``, ``context_length``,
-    ``vocab_size``; present in OpenAI's ``RN50.pt``/``ViT-B-16.pt`` archives and in state dicts taken
-    from them). A bare fp16 state dict is *not* taken for OpenAI's (GELU models are exported in fp16
-    too); it gets a warning that says how to force QuickGELU (``model.quick_gelu=true``).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}. Pass the path of a CLIP weights file "
-                        "(e.g. OpenAI's RN50.pt or ViT-B-16.pt), or leave pretrained empty for random init.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path), device="cpu")
-            kind = "safetensors"
-        elif _is_torchscript(path):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
-                raw = torch.jit.load(str(path), map_location="cpu").state_dict()
-            kind = "torchscript"
-        else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-            kind = "state_dict"
-    except UserError:
-        raise
-    except Exception as exc:  # corrupt or foreign file
-        raise UserError(f"could not read weights file {path}: {type(exc).__name__}: {exc}. "
-                        "Expected OpenAI's TorchScript archive, a state_dict .pt, a .safetensors file "
-                        "or an open_clip checkpoint.") from None
-
-    if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
-        raw, kind = raw["state_dict"], "checkpoint"
-    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise UserError(f"{path} does not hold a CLIP state dict (found {type(raw).__name__}).")
-    sd = dict(raw)
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    openai = any(k in sd for k in OPENAI_MARKER_KEYS)
-    if not openai and "text_projection" in sd:
-        floats = [v for v in sd.values() if v.is_floating_point()]
-        if floats and all(v.dtype == torch.float16 for v in floats):
-            logger.warning("%s: fp16 CLIP weights without OpenAI's marker entries: built with the architecture's own "
-                           "activation. If these are OpenAI's CLIP weights saved as a state dict, pass "
-                           "model.quick_gelu=true (OpenAI's models use QuickGELU).", path)
-    for key in OPENAI_MARKER_KEYS:
-        sd.pop(key, None)
-    return LoadedWeights(state_dict=sd, openai=openai, source=str(path), kind=kind)
 
 
 def _looks_like_path(pretrained: str) -> bool:

@@ -19,5 +19,6 @@ def default_cache_dir() -> Path:
 def resolve_cache_dir(cache_dir: Optional[Union[str, Path]] = None) -> Path:
     """The given folder, or the default one; created if missing."""
     path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from .io import make_dir
+
+    return make_dir(path, "cache folder")

@@ -20,6 +20,7 @@ maximises the micro F-beta of the pooled entries.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Union
 
@@ -29,6 +30,7 @@ import torch
 from .registry import Registry
 
 ArrayLike = Union[np.ndarray, torch.Tensor, list]
+logger = logging.getLogger(__name__)
 
 CALIBRATIONS: Registry[str] = Registry("calibration method")
 CALIBRATIONS.register("platt", "a and b per class")
@@ -197,6 +199,15 @@ def fit_calibration(logits: ArrayLike, labels: ArrayLike, method: str = "platt",
     if method != "global" and own.any():
         fa, fb = fit_sigmoid_map(z[:, own], y[:, own], shared_a=method == "temperature-bias", shared_b=False)
         a[own], b[own] = fa, fb
+        # A slope <= 0 would invert (or flatten) the class's ranking, against the logits the mAP is computed on:
+        # such a class keeps the pooled map and threshold instead (its held-out scores are no better than chance).
+        inverted = own & (a <= 0)
+        if inverted.any():
+            logger.warning("calibration: %d class(es) (#%s) got a slope <= 0 on the held-out data (their scores rank "
+                           "positives below negatives there); they use the pooled calibration instead",
+                           int(inverted.sum()), ", #".join(map(str, np.flatnonzero(inverted)[:10])))
+            a[inverted], b[inverted] = ga[inverted], gb[inverted]
+            own = own & ~inverted
     probs = apply_sigmoid_map(z, a, b)
     shared, _ = best_threshold(probs, y, beta)
     thresholds = np.full(z.shape[1], shared)

@@ -244,7 +244,7 @@ def predict_paths(scorer: Scorer, inputs: Union[Inputs, Sequence[str]], threshol
                 err = f"{inputs.paths[i]}: {err}" if i in inputs.images else err
                 if strict:
                     raise DataError(f"{err} (--strict stops at the first unreadable file)")
-                logger.warning("skipped: %s", err)
+                logger.info("skipped: %s", err)  # listed once, by notes() or result.failed
                 result.failed.append((inputs.paths[i], err))
         if good:
             probs = scorer.probabilities(stack([x for _, x in good]))

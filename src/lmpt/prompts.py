@@ -36,6 +36,13 @@ class PromptConfig:
     suffix: str = "."
 
 
+def ctx_init_length(ctx_init: str) -> int:
+    """The number of context tokens ``model.ctx_init`` gives (its BPE tokens): this is the run's n_ctx."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return len(SimpleTokenizer().encode(" ".join(ctx_init.replace("_", " ").split())))
+
+
 def eot_positions(tokens: torch.Tensor) -> torch.Tensor:
     """Index of the end-of-text token: CLIP's EOT has the largest id in the vocabulary."""
     return tokens.argmax(dim=-1)

@@ -104,8 +104,18 @@ def predict_cmd(args: argparse.Namespace) -> int:
     from ..deploy import is_onnx, load_classifier
     from ..predictor import collect_inputs, format_predictions, notes
 
-    if (args.run is None) == (args.model is None):
+    if args.run is not None and args.model is not None:
+        raise UserError("give one classifier, not both: --run RUN_DIR (a run folder) or --model FILE (from "
+                        "`lmpt export`)")
+    if args.run is None and args.model is None:
         raise UserError("give the classifier: --run RUN_DIR (a run folder) or --model FILE (from `lmpt export`)")
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} {value}: must be at least {low}")
+    empty = [i for i in args.inputs if not str(i).strip()]
+    if empty:
+        raise UserError("an input is an empty string: give image files, folders, glob patterns or manifests "
+                        "(use . for the current folder)")
     inputs = collect_inputs(args.inputs)
     if args.model is not None and is_onnx(args.model):  # onnxruntime: torch is never imported on this path
         scorer = load_classifier(args.model, args.device or "cpu")
@@ -153,19 +163,16 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     from ..engine.methods import METHODS
     from ..engine.rundir.layout import SweepLayout
     from ..engine.rundir.report import summary_table
-    from ..engine.studies.sweep import run_sweep
+    from ..engine.studies.sweep import check_sweep_lists, check_sweep_overrides, parse_int_list, run_sweep
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS or m == "custom"]
     if bad or not methods:
         raise UserError(f"--methods {args.methods!r}: unknown method(s) {', '.join(bad) or '(none given)'}; "
                         f"choose from {', '.join(m for m in METHODS if m != 'custom')}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    if not seeds:
-        raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 0,1,2")
+    seeds = parse_int_list(args.seeds, "--seeds")
+    check_sweep_lists(methods, seeds)
+    check_sweep_overrides(_overrides(args), "lmpt sweep")
     cfg = _config(args)
     out = Path(args.out or Path(cfg.run.output_dir) / f"sweep-{Path(str(args.config)).stem}")
     summary = run_sweep(cfg, methods, seeds, out, title=f"sweep: {args.config}")
@@ -178,6 +185,9 @@ def data_check_cmd(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
     from ..data.sources import load_dataset
 
+    for flag, value in (("--workers", args.workers), ("--max-listed", args.max_listed)):
+        if value is not None and value < 0:
+            raise UserError(f"{flag} {value}: must be 0 or more")
     dataset = load_dataset(args.source, root=args.root, train=args.train, val=args.val, test=args.test,
                            classes=args.classes, image_root=args.image_root, check_files=False)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
@@ -237,8 +247,14 @@ def data_features_cmd(args: argparse.Namespace) -> int:
 def demo_cmd(args: argparse.Namespace) -> int:
     from ..engine.studies.demo import run_demo
 
+    from ..engine.studies.sweep import parse_int_list
+
     if args.classes < 2:
         raise UserError(f"--classes {args.classes}: the world needs at least 2 classes (20: VOC-LT-like, 80: COCO-LT-like)")
+    if not 0 <= args.world_seed < 2 ** 32:
+        raise UserError(f"--world-seed {args.world_seed}: must be an integer from 0 to 2^32-1")
+    if args.seeds is not None:
+        parse_int_list(args.seeds, "--seeds")
     run_demo(out_dir=args.out, quick=args.quick, world_seed=args.world_seed, num_classes=args.classes,
              seeds=args.seeds, cache_dir=args.cache_dir, device=args.device,
              overrides=_overrides(argparse.Namespace(overrides=args.overrides)))

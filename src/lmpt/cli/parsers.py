@@ -108,7 +108,8 @@ def sweep_parser() -> Parser:
 def check_parser() -> Parser:
     from ..data.sources import DATA_SOURCES
 
-    sp = Parser(prog="lmpt data check", description="Check that every image exists and decodes; print a summary.")
+    sp = Parser(prog="lmpt data check", description="Check that every image exists and decodes; print a summary. "
+                 "Exit code 0: every image reads; exit code 1: problems were found (listed); 2: a usage error.")
     sp.add_argument("source", choices=list(DATA_SOURCES))
     sp.add_argument("--root", default=None, help="folder holding VOCdevkit/ or train2017/ + val2017/")
     sp.add_argument("--train", default=None)

@@ -79,7 +79,7 @@ def summarize(dataset: MultiLabelDataset) -> str:
         idx = groups[g]
         listed = ", ".join(f"{names[i]} {int(freq[i])}" for i in idx) or "(none)"
         lines.append(f"    {g:<6} {len(idx):>3}: {listed}")
-    if dataset.val is not None:
+    if dataset.val is not None and dataset.meta.get("val_fraction"):
         lines.append(f"  (groups use the full train counts; {len(dataset.val)} images were moved to val)")
     return "\n".join(lines)
 

@@ -22,6 +22,7 @@ decoder ("pil", "torchvision-cpu", "torchvision-cuda") goes into the cache key.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -29,9 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import torch
+from PIL import Image
 
 from ..errors import ConfigError
-from .images import _INTERPOLATIONS, PREPROCESSING, load_image, transform_from_signature
+from .images import _INTERPOLATIONS, PREPROCESSING, exif_orientation, load_image, transform_from_signature
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +133,18 @@ class FileBytesDataset(torch.utils.data.Dataset):
                 data = f.read()
         except OSError:
             data = b""  # let the PIL path raise the DataError that names the file and the problem
-        if data[:3] == JPEG_MAGIC:
+        if data[:3] == JPEG_MAGIC and _upright(data):
             return index, torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return index, _pil_tensor(path, self.signature)
+
+
+def _upright(data: bytes) -> bool:
+    """Whether a JPEG needs no EXIF rotation (the tensor decoders on the GPU ignore EXIF; rotated files go to PIL)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            return exif_orientation(im) == 1
+    except Exception:  # not readable by PIL either: the tensor decoder gets to try, then PIL reports the error
+        return True
 
 
 def _pil_tensor(path: str, signature: dict) -> torch.Tensor:

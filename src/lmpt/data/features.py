@@ -19,6 +19,7 @@ by one process is reused by several and vice versa).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -33,7 +34,7 @@ from .. import distributed as dist_utils
 from ..backbone import CLIPBackbone
 from ..cache import resolve_cache_dir
 from ..errors import DataError
-from ..io import atomic_path, atomic_write_json, stable_hash
+from ..io import atomic_path, atomic_write_json, make_dir, stable_hash
 from ..precision import autocast, resolve_precision
 from ..progress import progress as progress_bar
 from .dataset import MultiLabelSplit
@@ -83,16 +84,30 @@ def feature_cache_key(backbone: CLIPBackbone, preprocess: dict, split: MultiLabe
     return stable_hash(payload, length=24)
 
 
+def _digest(features: torch.Tensor) -> str:
+    """SHA-256 of a feature tensor's bytes (stored with each cache file, checked on every read)."""
+    return hashlib.sha256(features.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
 def _load_tensor(path: Path) -> tuple[torch.Tensor, dict]:
+    """A cache file's features and metadata; ValueError when its content is damaged (checksum, NaN, shape)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return f.get_tensor("features"), dict(f.metadata() or {})
+        feats, meta = f.get_tensor("features"), dict(f.metadata() or {})
+    if feats.ndim != 3 or not feats.is_floating_point():
+        raise ValueError(f"features of shape {tuple(feats.shape)} ({feats.dtype}), expected [N, V, D] floats")
+    if "sha256" in meta and meta["sha256"] != _digest(feats):
+        raise ValueError("content does not match its checksum")
+    if not bool(torch.isfinite(feats).all()):
+        raise ValueError("features hold NaN or infinite values")
+    return feats, meta
 
 
 def _save_tensor(path: Path, features: torch.Tensor, meta: dict) -> None:
     from safetensors.torch import save_file
 
+    meta = dict(meta, sha256=_digest(features))
     with atomic_path(path) as tmp:
         save_file({"features": features.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
 
@@ -102,7 +117,7 @@ def _read_final(path: Path, n: int, images: str) -> Optional[torch.Tensor]:
     try:
         feats, meta = _load_tensor(path)
     except Exception as exc:  # a damaged file is recomputed, never used
-        logger.warning("feature cache %s is unreadable (%s); recomputing", path, exc)
+        logger.warning("feature cache %s is unreadable or damaged (%s); recomputing it", path, exc)
         return None
     if feats.shape[0] != n or meta.get("rows") != str(n) or meta.get("images") != images:
         logger.warning("feature cache %s does not hold the %d rows of this image list; recomputing", path, n)
@@ -112,9 +127,12 @@ def _read_final(path: Path, n: int, images: str) -> Optional[torch.Tensor]:
 
 def _read_chunk(path: Path, start: int, stop: int) -> Optional[torch.Tensor]:
     """A finished chunk if it holds rows ``start:stop``, else None."""
+    if not path.is_file():
+        return None
     try:
         feats, meta = _load_tensor(path)
-    except Exception:
+    except Exception as exc:  # a damaged chunk is recomputed, never used
+        logger.warning("feature cache chunk %s is damaged (%s); recomputing it", path, exc)
         return None
     if feats.shape[0] != stop - start or meta.get("start") != str(start) or meta.get("stop") != str(stop):
         return None
@@ -166,7 +184,7 @@ def extract_features(
             logger.info("feature cache hit: %s (%s, %d images)", folder, split.name, n)
             return feats
     chunk_dir = folder / f"chunks-{int(chunk_size)}"
-    chunk_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(chunk_dir, "feature cache folder")
     if dist_utils.is_main():
         atomic_write_json(folder / "meta.json", {"split": split.name, "images": n, "flips": flips,
                                                  "backbone": backbone.describe(), "preprocess": signature,
@@ -190,7 +208,8 @@ def extract_features(
             part = _read_chunk(chunk_dir / f"chunk-{idx:05d}.safetensors", start, stop)
             if part is None:
                 raise DataError(f"feature chunk {chunk_dir / f'chunk-{idx:05d}.safetensors'} (rows {start}-{stop}) is "
-                                "missing or incomplete after extraction; run the command again to finish the cache")
+                                "missing, incomplete or damaged (NaN features?) after extraction; run the command "
+                                "again to finish the cache, and check the backbone's weights if it repeats")
             parts.append(part)
         feats = torch.cat(parts) if parts else torch.zeros(0, 2 if flips else 1, backbone.embed_dim)
         if feats.shape[0] != n:  # cannot happen with checked chunks; never write a wrong cache

@@ -11,7 +11,7 @@ import os
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -20,8 +20,40 @@ PIL_FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling
 SIGNATURE_KEYS = ("mode", "image_size", "resize", "interpolation", "mean", "std")
 
 
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright; 2-8 = mirrored and/or rotated), 1 when there is none."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: treat as upright
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of any PIL mode: 16- and 32-bit grayscale scaled to 8 bits (``convert`` would clip them
+    to white), transparency composited onto white (``convert`` would show what lies under it, often black)."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        peak = float(arr.max()) if arr.size else 0.0
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif mode == "F":
+            top = 1.0 if peak <= 1.0 else 255.0 if peak <= 255 else 65535.0
+        else:  # "I": 32-bit integers holding 8- or 16-bit samples (older Pillow opens 16-bit PNGs so)
+            top = 255.0 if peak <= 255 else 65535.0
+        arr = np.clip(arr, 0, top) * (255.0 / top)
+        return Image.fromarray(np.round(arr).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in im.info or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im if mode == "RGB" else im.convert("RGB")
+
+
 def load_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Decode ``path`` fully and return it as an RGB PIL image.
+    """Decode ``path`` fully and return it as an RGB PIL image, upright (EXIF orientation applied), 8 bits per
+    channel (:func:`to_rgb`).
 
     Raises DataError naming the file when it is missing, unreadable or does not decode
     (unknown format, truncated data, ...).
@@ -30,7 +62,7 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}. Check the data root / image_root, or remove "
                         "the image from the list or manifest.") from None

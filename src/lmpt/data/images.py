@@ -22,7 +22,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from ..errors import DataError  # noqa: F401  (re-exported for callers)
-from .imagefile import load_image  # noqa: F401  (decoding lives in the torch-free module)
+from .imagefile import exif_orientation, load_image, to_rgb  # noqa: F401  (decoding lives in the torch-free module)
 from ..registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

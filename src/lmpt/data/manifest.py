@@ -219,10 +219,11 @@ def load_manifest_dataset(train: PathLike, test: PathLike, val: Optional[PathLik
             raise DataError(f"{len(missing)} image file(s) listed in the manifests do not exist:\n  {shown}{more}\n"
                             f"Relative paths resolve against {where}; pass image_root or fix the paths.")
 
-    overlap = set(splits["train"].paths) & set(splits["test"].paths)
-    if overlap:
-        log.warning("%d image(s) appear in both the train and test manifests (e.g. %s)", len(overlap),
-                    sorted(overlap)[0])
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+        overlap = set(splits[a].paths) & set(splits[b].paths) if a in splits and b in splits else set()
+        if overlap:
+            log.warning("%d image(s) appear in both the %s and %s manifests (e.g. %s): %s scores are then not "
+                        "held out", len(overlap), a, b, sorted(overlap)[0], b)
 
     train_split = splits["train"]
     val_split = splits.get("val")

@@ -23,6 +23,7 @@ import torch
 from ..errors import CheckpointError
 from ..predictor import Predicting
 from ..predictor_torch import TorchBatching
+from .checks import check_finite
 from .meta import EXPORT_VERSION, META_NAME, validate_meta
 
 
@@ -64,9 +65,13 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
     if not extra[META_NAME]:
         raise CheckpointError(f"{path} has no lmpt metadata; was it written by `lmpt export`?")
     try:
-        meta = validate_meta(json.loads(extra[META_NAME]), path)
-    except json.JSONDecodeError:
+        meta = json.loads(extra[META_NAME])
+    except ValueError:
         raise CheckpointError(f"{path}: its lmpt metadata is not JSON; re-export the run with `lmpt export`") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its lmpt metadata is not a JSON object; re-export the run with `lmpt export`")
+    meta = validate_meta(meta, path)
+    check_finite(dict(module.named_buffers()), path)
     module.eval()
     return ExportedClassifier(module, meta, device)
 

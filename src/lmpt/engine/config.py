@@ -19,6 +19,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .settle import settle
 from .validation import validate
 
 
@@ -186,6 +187,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return int(value)
     if isinstance(default, float):
+        if isinstance(value, str) and _looks_like_float(value.strip()):
+            return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string; the command line reads it as a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
@@ -235,14 +238,45 @@ def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
                     keys.register(k, k)
                 raise ConfigError(f"{source}: unknown key '{section}.{key}'.{keys.suggest(str(key))} "
                                   f"Keys of '{section}': {', '.join(known)}.")
-            default = getattr(target, key)
-            if default is None:
-                fdef = known[key]
-                default = fdef.default if fdef.default is not dataclasses.MISSING else None
+            fdef = known[key]
+            default = _default_of(fdef)
+            if value is None and not str(fdef.type).startswith("Optional"):
+                raise ConfigError(f"{source}: {section}.{key} is empty; give it a value (the default is {default!r})")
+            if default is None:  # an optional key: its declared type decides
+                default = _OPTIONAL_TYPES.get(str(fdef.type))
+                if isinstance(default, str) and isinstance(value, bool):
+                    raise ConfigError(f"{source}: {section}.{key} must be a name or a path, got {value!r}")
             value = _coerce(value, default, f"{source}: {section}.{key}")
             normalize = _NORMALIZE.get((section, key))
             setattr(target, key, normalize(value) if normalize is not None else value)
     return cfg
+
+
+_OPTIONAL_TYPES = {"Optional[str]": "", "Optional[int]": 0, "Optional[float]": 0.0}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _default_of(fdef: dataclasses.Field) -> Any:
+    if fdef.default is not dataclasses.MISSING:
+        return fdef.default
+    return fdef.default_factory() if fdef.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
 
 
 def builtin_config_names() -> list[str]:
@@ -256,13 +290,17 @@ def _read_yaml(path: Union[str, Path]) -> tuple[dict, str]:
         name = str(path)[:-5] if str(path).endswith(".yaml") else str(path)
         builtin = resources.files("lmpt") / "configs" / f"{Path(name).name}.yaml"
         if "/" not in str(path) and builtin.is_file():
-            return yaml.safe_load(builtin.read_text()) or {}, f"built-in config '{Path(name).name}'"
+            return _load_yaml(builtin.read_text()) or {}, f"built-in config '{Path(name).name}'"
         raise ConfigError(f"config file not found: {path}. Pass a YAML file or a built-in config name "
                           f"({', '.join(builtin_config_names())}).")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _load_yaml(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a config file must be a mapping of sections, got {type(data).__name__}")
     return data, str(p)
@@ -321,8 +359,8 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     """Defaults, then the YAML file (``base:`` chains allowed), then ``section.key=value`` overrides; validated
     (``check_source=False``: all but the data source's required paths, see :func:`validate`)."""
     cfg = Config()
+    chain: list[tuple[dict, str]] = []
     if path is not None:
-        chain = []
         current: Optional[Union[str, Path]] = path
         seen = set()
         while current is not None:
@@ -331,6 +369,9 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
                 raise ConfigError(f"{source}: 'base:' chain loops")
             seen.add(source)
             base = data.pop("base", None)
+            if base is not None and (not isinstance(base, str) or not base.strip()):
+                raise ConfigError(f"{source}: 'base:' must name one config (a YAML file or a built-in name), got "
+                                  f"{base!r}; to combine several, chain them (each file names its own base)")
             chain.append((data, source))
             if base is not None and Path(str(current)).is_file() and not Path(base).is_absolute():
                 candidate = Path(str(current)).parent / base
@@ -339,7 +380,10 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
         for data, source in reversed(chain):
             apply_dict(cfg, data, source)
     apply_overrides(cfg, overrides)
+    explicit_n_ctx = any(isinstance(data.get("model"), dict) and "n_ctx" in data["model"] for data, _ in chain) \
+        or any(o.split("=", 1)[0].strip() == "model.n_ctx" for o in overrides)
     validate(cfg, check_source)
+    settle(cfg, explicit_n_ctx)
     return cfg
 
 
@@ -348,4 +392,5 @@ def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> Config:
     cfg = apply_dict(Config(), copy.deepcopy(data), "saved config")
     apply_overrides(cfg, overrides)
     validate(cfg)
+    settle(cfg, explicit_n_ctx=False)
     return cfg

@@ -42,9 +42,23 @@ class Prepared:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device={name} but no CUDA GPU is visible; use run.device=cpu or auto")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device={name} but no CUDA GPU is visible; use run.device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"run.device={name} but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"run.device={name} but this torch has no usable MPS (Apple GPU) backend; use "
+                              "run.device=cpu or auto")
+    elif device.type != "cpu":
+        raise ConfigError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
     return device
 
 

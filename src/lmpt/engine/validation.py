@@ -109,8 +109,15 @@ def validate(cfg: Any, check_source: bool = True) -> None:
     _choice(r.cuda_graphs, CUDA_GRAPH_MODES, "run.cuda_graphs")
     device = str(r.device)
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"run.device={r.device!r} is not one of auto, cpu, cuda, cuda:N")
-    _number(r.seed, "run.seed", integer=True)
+        raise ConfigError(f"run.device={r.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if r.name is not None:
+        name = str(r.name)
+        if not name.strip() or name.strip(".") == "" or any(c in name for c in ("/", "\\", "\0")):
+            raise ConfigError(f"run.name={r.name!r}: a run name is one folder name under run.output_dir (no '/', "
+                              "not '.' or '..'); put the parent folder in --out / run.output_dir")
+    if not str(r.output_dir).strip():
+        raise ConfigError("run.output_dir is empty: give the folder runs are written under (e.g. runs)")
+    _number(r.seed, "run.seed", 0, 2 ** 63 - 1, integer=True)
     _number(r.checkpoint_every, "run.checkpoint_every", 1, integer=True)
 
     _choice(d.dataset, DATA_SOURCES, "data.dataset")
@@ -119,12 +126,12 @@ def validate(cfg: Any, check_source: bool = True) -> None:
     _choice(d.captions, CAPTION_MODES, "data.captions")
     _choice(d.class_names, CLASS_NAME_STYLES, "data.class_names")
     _number(d.val_fraction, "data.val_fraction", 0, 1, high_open=True)
-    _number(d.split_seed, "data.split_seed", integer=True)
+    _number(d.split_seed, "data.split_seed", 0, 2 ** 63 - 1, integer=True)
     _number(d.caption_chars, "data.caption_chars", 1, integer=True)
     _number(d.feature_batch_size, "data.feature_batch_size", 1, integer=True)
     _number(d.feature_chunk_size, "data.feature_chunk_size", 1, integer=True)
     if d.num_workers is not None:
-        _number(d.num_workers, "data.num_workers", 0, integer=True)
+        _number(d.num_workers, "data.num_workers", 0, 256, integer=True)
 
     if m.quick_gelu not in ("auto", True, False):
         raise ConfigError(f"model.quick_gelu={m.quick_gelu!r} is not one of auto, true, false")
@@ -163,7 +170,7 @@ def validate(cfg: Any, check_source: bool = True) -> None:
     _number(o.momentum, "optim.momentum", 0, 1, high_open=True)
     _number(o.weight_decay, "optim.weight_decay", 0)
     _number(o.batch_size, "optim.batch_size", 1, integer=True)
-    _number(o.epochs, "optim.epochs", 1, integer=True)
+    _number(o.epochs, "optim.epochs", 1, 100_000, integer=True)
     _number(o.patience, "optim.patience", 0, integer=True)
     _number(o.factor, "optim.factor", 0, 1, low_open=True, high_open=True)
     _number(o.min_lr, "optim.min_lr", 0)

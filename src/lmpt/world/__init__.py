@@ -29,7 +29,7 @@ from typing import Optional, Union
 
 
 from ..cache import resolve_cache_dir
-from ..io import stable_hash
+from ..io import make_dir, stable_hash
 from .clip import (
     CONFIG_PATH,
     WORLD_CONTEXT_LENGTH,
@@ -96,7 +96,7 @@ def build_world(cache_dir: Optional[Union[str, Path]] = None, num_classes: int =
 
     t0 = time.perf_counter()
     base = resolve_cache_dir(cache_dir) / "world"
-    base.mkdir(parents=True, exist_ok=True)
+    make_dir(base, "world cache folder")
     root = base / world_key(num_classes, seed, scale, sizes)
     generated = False
     if not is_complete_world(root):

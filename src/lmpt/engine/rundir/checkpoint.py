@@ -13,6 +13,7 @@ Both are written atomically: a crash while writing leaves the previous file inta
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -21,8 +22,9 @@ import torch
 
 from ...backbone import CLIPBackbone
 from ...calibration import Calibration
+from ...deploy.checks import check_calibration, check_class_names, check_finite
 from ...errors import CheckpointError
-from ...io import atomic_path
+from ...io import atomic_write_bytes
 from ..config import Config
 from ..methods import METHOD_KINDS, MethodKind, weights_files
 from ..prepared import Prepared
@@ -33,12 +35,11 @@ FORMAT_VERSION = 2
 
 def save_weights(path: Union[str, Path], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write a run's learned tensors and their metadata to a safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = dict(meta, format_version=FORMAT_VERSION)
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().float().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"lmpt": json.dumps(meta)})
+    atomic_write_bytes(path, save({k: v.detach().cpu().float().contiguous() for k, v in tensors.items()},
+                                  metadata={"lmpt": json.dumps(meta)}))
 
 
 def classifier_meta(cfg: Config, prepared: Prepared, kind: MethodKind, calibration: Calibration, **extra: Any
@@ -79,8 +80,20 @@ def load_weights(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable lmpt classifier file ({type(exc).__name__}: {exc})") from None
-    if not meta:
+    if not isinstance(meta, dict) or not meta:
         raise CheckpointError(f"{path} has no lmpt metadata; was it written by `lmpt train`?")
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {version!r}, newer than this lmpt reads ({FORMAT_VERSION}); "
+                              "upgrade lmpt to read it")
+    names = check_class_names(meta, path)
+    for key in ("backbone", "config"):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{path}: metadata '{key}' is missing or not a mapping; the file is damaged")
+    if not isinstance(meta["backbone"].get("model"), str):
+        raise CheckpointError(f"{path}: metadata 'backbone' does not name its model; the file is damaged")
+    check_calibration(meta.get("calibration"), len(names), path)
+    check_finite(tensors, path)
     meta.setdefault("kind", next((k.name for k in METHOD_KINDS.values() if k.weights_file == path.name), "prompt"))
     return tensors, meta
 
@@ -108,8 +121,10 @@ def check_compatible(meta: dict[str, Any], class_names: Optional[Sequence[str]],
 
 
 def save_state(path: Union[str, Path], state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write the training state atomically (serialised in memory first; a failed write keeps the previous file)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_state(path: Union[str, Path]) -> Optional[dict[str, Any]]:

@@ -10,6 +10,7 @@ A run folder (:class:`RunLayout`)::
     metrics.json     every number; per_class.csv per-class AP; report.md with its plots
     test_logits.npy  test logits for paired comparisons (test_rows.npy: the rows, when a subset was scored)
     eval.json        what `lmpt eval` recomputed
+    .lmpt-run.lock   held while a process writes the folder (a second run of the same folder refuses)
 
 A sweep or demo folder (:class:`SweepLayout`) holds one run folder per method and seed and the summary.
 """
@@ -51,6 +52,7 @@ class RunLayout(_Folder):
     TEST_LOGITS = "test_logits.npy"
     TEST_ROWS = "test_rows.npy"
     EVAL = "eval.json"
+    LOCK = ".lmpt-run.lock"  # held by the process writing the folder (rundir.lock)
 
     @property
     def config(self) -> Path:

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import math
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,7 @@ import numpy as np
 from ... import distributed as dist_utils
 from ...batchnorm import has_batchnorm
 from ...errors import ConfigError
-from ...io import atomic_path, atomic_write_json, atomic_write_text, stable_hash
+from ...io import atomic_path, atomic_write_json, atomic_write_text, make_dir, stable_hash, write_error
 from ..config import Config
 from ..prepared import Prepared
 from ..validation import RESUMABLE
@@ -43,16 +44,44 @@ def default_run_name(cfg: Config) -> str:
     return f"{cfg.data.dataset}-{backbone}-{cfg.run.method}-seed{cfg.run.seed}-{stamp}"
 
 
-def make_run_dir(cfg: Config, run_dir: Optional[Union[str, Path]] = None, resume: bool = False) -> RunLayout:
-    """The run folder (created); refuses to start a new run in a folder that already holds one."""
-    path = Path(run_dir) if run_dir else Path(cfg.run.output_dir) / (cfg.run.name or default_run_name(cfg))
+def run_dir_path(cfg: Config, run_dir: Optional[Union[str, Path]] = None) -> Path:
+    """Where a run writes: ``run_dir``, or ``run.output_dir / run.name`` (a timestamped name by default)."""
+    return Path(run_dir) if run_dir else Path(cfg.run.output_dir) / (cfg.run.name or default_run_name(cfg))
+
+
+@contextmanager
+def open_run_dir(cfg: Config, run_dir: Optional[Union[str, Path]] = None, resume: bool = False
+                 ) -> Iterator[RunLayout]:
+    """The run folder, created and locked (:mod:`.lock`) while the block runs; refuses to start a new run in a
+    folder that holds one. A run that fails before it has a checkpoint or results removes the folder it created
+    (no empty timestamped folders); its error says what went wrong."""
+    from .lock import run_folder_lock
+
+    path = run_dir_path(cfg, run_dir)
     layout = RunLayout(path)
-    if not resume and dist_utils.is_main() and layout.holds_run():
-        raise ConfigError(f"run folder {path} already holds a run; continue it with `lmpt train --resume {path}` "
-                          "or choose another run.name / run.output_dir")
-    if dist_utils.is_main():
-        path.mkdir(parents=True, exist_ok=True)
-    return layout
+    if not dist_utils.is_main():
+        yield layout
+        return
+    created = not path.exists()
+    make_dir(path, "run folder")
+    try:
+        with run_folder_lock(layout):
+            if not resume and layout.holds_run():
+                raise ConfigError(f"run folder {path} already holds a run; continue it with `lmpt train --resume "
+                                  f"{path}` or choose another run.name / run.output_dir")
+            yield layout
+    except BaseException:
+        if created and not layout.holds_run() and layout.find_weights() is None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """The run's log file; a record that cannot be written (full disk) is dropped, not printed with a traceback
+    (the console still gets it, and the write that matters, the checkpoint, reports the problem)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 @contextmanager
@@ -64,7 +93,10 @@ def run_log(layout: RunLayout) -> Iterator[None]:
     if not dist_utils.is_main():
         yield
         return
-    handler = logging.FileHandler(layout.log)
+    try:
+        handler = _QuietFileHandler(layout.log)
+    except OSError as exc:
+        raise write_error(layout.log, exc) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("lmpt").addHandler(handler)
     try:

@@ -19,13 +19,13 @@ from typing import Any, Optional, Sequence, Union
 
 import yaml
 
-from ...io import atomic_write_json, atomic_write_text
+from ...io import atomic_write_json, atomic_write_text, make_dir
 from ..config import Config, load_config
 from ..prepared import prepare
 from ..rundir.layout import SweepLayout
 from ..rundir.report import summary_table
 from .compare import comparison_table
-from .sweep import run_sweep
+from .sweep import PER_RUN_KEYS, check_sweep_lists, check_sweep_overrides, parse_int_list, run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +92,31 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     and smoke runs; ``overrides`` are config overrides (``optim.epochs=2``).
     """
     t_start = time.perf_counter()
-    layout = SweepLayout(out_dir)
-    out = layout.root
-    out.mkdir(parents=True, exist_ok=True)
+    check_sweep_overrides(overrides, "lmpt demo", PER_RUN_KEYS + ("run.output_dir",))
     if seeds is None:
         seed_list = [0] if quick else [0, 1, 2]
     elif isinstance(seeds, str):
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        seed_list = parse_int_list(seeds, "--seeds")
     else:
         seed_list = [int(s) for s in seeds]
+    check_sweep_lists(methods, seed_list)
+    layout = SweepLayout(out_dir)
+    out = layout.root
+    created = not out.exists()
+    make_dir(out, "the demo's output folder")
+    try:
+        return _run_demo(layout, quick, world_seed, num_classes, seed_list, cache_dir, device, overrides,
+                         world_options, methods, t_start)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a demo that failed before writing anything leaves no empty folder
+        raise
 
+
+def _run_demo(layout: SweepLayout, quick: bool, world_seed: int, num_classes: int, seed_list: list[int],
+              cache_dir: Optional[str], device: str, overrides: Sequence[str], world_options: Optional[dict[str, Any]],
+              methods: Sequence[str], t_start: float) -> dict[str, Any]:
+    out = layout.root
     _say(f"[1/4] world: {num_classes} classes, seed {world_seed}{' (quick)' if quick else ''}")
     t0 = time.perf_counter()
     world = build_demo_world(num_classes, world_seed, quick, cache_dir, world_options)

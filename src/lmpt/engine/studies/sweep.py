@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from ... import distributed as dist_utils
 from ...errors import ConfigError
-from ...io import atomic_write_json, atomic_write_text
+from ...io import atomic_write_json, atomic_write_text, make_dir
 from ..config import Config, load_config
 from ..prepared import Prepared, prepare, resolve_device
 from ..rundir.layout import RunLayout, SweepLayout
@@ -63,10 +63,11 @@ def run_sweep(cfg: Config, methods: Sequence[str], seeds: Sequence[int], out_dir
     ``summary.png``; the summary compares every method with zero-shot and ``lmpt`` with ``coop-db``
     (paired bootstrap over test images, ``n_boot`` resamples; see :mod:`lmpt.engine.compare`).
     """
+    check_sweep_lists(methods, seeds)
     out = SweepLayout(out_dir)
-    out.root.mkdir(parents=True, exist_ok=True)
     if prepared is None:
         prepared = prepare(cfg, resolve_device(cfg.run.device))
+    make_dir(out.root, "sweep folder")
     runs: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         method_seeds = [seeds[0]] if method == "zeroshot" else list(seeds)
@@ -91,6 +92,44 @@ def run_sweep(cfg: Config, methods: Sequence[str], seeds: Sequence[int], out_dir
     if dist_utils.is_main():
         write_summary(out, summary, title)
     return summary
+
+
+def check_sweep_lists(methods: Sequence[str], seeds: Sequence[int]) -> None:
+    """Refuse empty or repeated methods or seeds: a repeated one would be counted twice in the mean ± std."""
+    for what, items in (("methods", list(methods)), ("seeds", [int(s) for s in seeds])):
+        if not items:
+            raise ConfigError(f"no {what} given: a sweep needs at least one")
+        repeated = sorted({str(x) for x in items if items.count(x) > 1})
+        if repeated:
+            raise ConfigError(f"{what} {','.join(map(str, items))}: {', '.join(repeated)} given more than once "
+                              "(each run would be counted twice); list each once")
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (seeds: non-negative integers), with an error naming ``flag``."""
+    try:
+        values = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated integers, got {text!r} (e.g. 0,1,2)") from None
+    if not values:
+        raise ConfigError(f"{flag} is empty; give at least one seed, e.g. {flag} 0,1,2")
+    bad = [v for v in values if not 0 <= v < 2 ** 63]
+    if bad:
+        raise ConfigError(f"{flag} {text}: seeds must be integers from 0 to 2^63-1, got {bad[0]}")
+    return values
+
+
+# Settings every run of a sweep gets from the sweep itself, not from overrides (the demo also sets the folder).
+PER_RUN_KEYS = ("run.method", "run.seed", "run.name")
+
+
+def check_sweep_overrides(overrides: Sequence[str], command: str, keys: Sequence[str] = PER_RUN_KEYS) -> None:
+    """Refuse overrides of the settings a sweep sets per run (``run.method=coop`` would be silently replaced)."""
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if key in keys:
+            raise ConfigError(f"override '{text}': {command} sets {key} for each of its runs; choose methods "
+                              "with --methods, seeds with --seeds and the folder with --out instead")
 
 
 def _val_headline(metrics: dict[str, Any]) -> Optional[dict[str, float]]:

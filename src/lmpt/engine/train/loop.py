@@ -55,6 +55,20 @@ def _restore(trainer: Trainer, prepared: Prepared, state: dict[str, Any], optimi
     generator.set_state(state["generator"])
 
 
+def _save_or_explain(state_path: Path, history: list[dict[str, Any]], start_epoch: int, state: dict[str, Any]) -> None:
+    """Save the training state; a failed write (full disk) keeps the previous checkpoint and says which it is."""
+    try:
+        save_state(state_path, state)
+    except UserError as exc:
+        epoch = history[-1]["epoch"] if history else start_epoch
+        if state_path.is_file():
+            then = (f"the last good checkpoint {state_path} is kept; `lmpt train --resume {state_path.parent}` "
+                    "continues once there is space")
+        else:
+            then = "there is no earlier checkpoint: run it again once there is space"
+        raise TrainingError(f"{exc}; training stopped after epoch {epoch} ({then})") from None
+
+
 def fit(cfg: Config, trainer: Trainer, prepared: Prepared, layout: RunLayout, resume: bool,
         timings: dict[str, float]) -> RunResult:
     """Train ``trainer`` for ``optim.epochs`` and finish the run (:func:`~lmpt.engine.rundir.finish.finish_run`)."""
@@ -146,7 +160,7 @@ def fit(cfg: Config, trainer: Trainer, prepared: Prepared, layout: RunLayout, re
             write_history(layout, history)
             last = epoch + 1 == o.epochs
             if last or (epoch + 1) % max(1, cfg.run.checkpoint_every) == 0:
-                save_state(state_path, {
+                _save_or_explain(state_path, history, start_epoch, {
                     "epoch": epoch + 1, "weights": trainer.state(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict() if scaler is not None else None,

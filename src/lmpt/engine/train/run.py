@@ -20,7 +20,7 @@ from ...io import atomic_write_text
 from ..config import Config, load_config
 from ..methods import kind_of
 from ..prepared import Prepared, prepare, resolve_device
-from ..rundir.outputs import RunResult, make_run_dir, run_log
+from ..rundir.outputs import RunResult, open_run_dir, run_log
 from ..validation import check_resume
 from .loop import fit
 
@@ -44,11 +44,15 @@ def run(cfg: Config, prepared: Optional[Prepared] = None, run_dir: Optional[Unio
     if dist_utils.is_initialized() and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     seed_everything(cfg.run.seed)
-    layout = make_run_dir(cfg, run_dir, resume)
-    if resume and layout.config.is_file():
-        check_resume(load_config(layout.config), cfg, str(layout.root))
-    if dist_utils.is_main():
-        atomic_write_text(layout.config, cfg.to_yaml())
+    with open_run_dir(cfg, run_dir, resume) as layout:
+        if resume and layout.config.is_file():
+            check_resume(load_config(layout.config), cfg, str(layout.root))
+        if dist_utils.is_main():
+            atomic_write_text(layout.config, cfg.to_yaml())
+        return _run_in(cfg, kind, layout, prepared, device, resume)
+
+
+def _run_in(cfg: Config, kind, layout, prepared: Optional[Prepared], device: torch.device, resume: bool) -> RunResult:
     with run_log(layout):
         t0 = time.perf_counter()
         if prepared is None:

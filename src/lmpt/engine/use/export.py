@@ -24,7 +24,7 @@ import torch
 from ... import __version__
 from ...errors import UserError
 from ...deploy.meta import EXPORT_VERSION, META_NAME, validate_meta
-from ...io import atomic_path
+from ...io import atomic_write_bytes
 from .inference import Classifier, load_run, preprocess_signature
 
 logger = logging.getLogger(__name__)
@@ -150,17 +150,16 @@ def export_run(run: Union[str, Path], out: Union[str, Path], weights: Optional[s
     meta = validate_meta(export_meta(classifier, loaded.meta, str(run)), out)
     if quantize:
         meta["quantization"] = f"{quantize} dynamic (onnxruntime, MatMul/Gemm weights)"
-    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
-        data = onnx_bytes(module, size, meta, quantize)
-        with atomic_path(out) as tmp:
-            Path(tmp).write_bytes(data)
+        atomic_write_bytes(out, onnx_bytes(module, size, meta, quantize))
         return out
     example = torch.zeros(2, 3, size, size)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks inside the towers; the input size is fixed
         traced = torch.jit.trace(module, example, check_trace=False)
-    with atomic_path(out) as tmp, warnings.catch_warnings():
+    buffer = io.BytesIO()  # serialised in memory: TorchScript's file writer aborts the process on a full disk
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(traced, str(tmp), _extra_files={META_NAME: json.dumps(meta)})
+        torch.jit.save(traced, buffer, _extra_files={META_NAME: json.dumps(meta)})
+    atomic_write_bytes(out, buffer.getvalue())
     return out
