@@ -70,6 +70,8 @@ OPSET = 17
 def _check_out(out: Path, fmt: str, quantize: Optional[str]) -> None:
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if out.is_dir():
+        raise UserError(f"cannot write {out}: it is a folder; give a file name, e.g. {out / ('model' + FORMATS[fmt][0])}")
     if out.suffix.lower() not in FORMATS[fmt]:
         raise UserError(f"--out {out}: a {fmt} file is named *{FORMATS[fmt][0]} (or give --format to match the name)")
     if quantize is not None and (quantize not in QUANTIZE or fmt != "onnx"):
