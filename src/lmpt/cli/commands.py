@@ -203,7 +203,9 @@ def demo_cmd(args: argparse.Namespace) -> int:
 
     if args.classes < 2:
         raise UserError(f"--classes {args.classes}: the world needs at least 2 classes (20: VOC-LT-like, 80: COCO-LT-like)")
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads}: give at least 1 (the demo's figures are measured with 2)")
     run_demo(out_dir=args.out, quick=args.quick, world_seed=args.world_seed, num_classes=args.classes,
-             seeds=args.seeds, cache_dir=args.cache_dir, device=args.device,
+             seeds=args.seeds, cache_dir=args.cache_dir, device=args.device, threads=args.threads,
              overrides=_overrides(argparse.Namespace(overrides=args.overrides)))
     return 0
