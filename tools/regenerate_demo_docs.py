@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "demo_figures.json"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "demo.md")
-DEMOS: dict[str, list[str]] = {"main": [], "lr": ["optim.lr=5e-6"]}
+DEMOS: dict[str, list[str]] = {"main": [], "lr": ["optim.lr=5e-6"], "quick": ["--quick"]}
 BLOCK = re.compile(r"<!-- demo:(?P<name>[\w:-]+) -->\n(?P<body>.*?)<!-- /demo:(?P=name) -->", re.S)
 DIGEST_KEYS = ("methods", "val", "comparisons", "protocol", "selection")
 
@@ -38,7 +38,8 @@ def figures_of(summary: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
                        for r in items] for m, items in summary["runs"].items()}
     out["results_digest"] = summary["results_digest"]
     out["interval_covers"] = summary.get("interval_covers")
-    out["command"] = " ".join(["lmpt demo"] + list(overrides))
+    out["command"] = " ".join(["lmpt demo"] + list(overrides) + (["--quick"] if summary.get("world", {}).get("quick")
+                                                                  and "--quick" not in overrides else []))
     out["reproducibility"] = summary.get("reproducibility")
     out["timing"] = summary.get("timing")
     out["decisions"] = {}
@@ -66,48 +67,50 @@ def _mean_std(fig: dict[str, Any], method: str) -> str:
     return f"{100 * t['mean']:.2f} ± {100 * t['std']:.2f}"
 
 
+def _differences(fig: dict[str, Any]) -> str:
+    c = fig["comparisons"]
+    parts = [f"`{pair.split(' - ')[0]}` - {'zero-shot' if pair.endswith('zeroshot') else '`coop-db`'} "
+             f"{_ci(c[pair]['total'])} total" + (f", {_ci(c[pair]['tail'])} tail" if pair == "lmpt - coop-db" else "")
+             for pair in ("lmpt - zeroshot", "coop-db - zeroshot", "lmpt - coop-db") if pair in c]
+    return (f"Paired differences, 95% intervals over {fig['interval_covers']}: " + "; ".join(parts)
+            + f" (results digest `{fig['results_digest'][:12]}`).\n")
+
+
 def render_blocks(figures: dict[str, Any]) -> dict[str, str]:
-    """Every doc block's text (ending in a newline) from the figures file."""
+    """Every doc block's text (ending in a newline) from the figures file: ``NAME:table``, ``NAME:differences``,
+    ``NAME:summary``, ``NAME:decisions`` and ``NAME:sentence`` for each demo NAME in it."""
     from lmpt.engine.studies.compare import comparison_table
     from lmpt.engine.rundir.report import summary_table
 
     blocks: dict[str, str] = {}
-    main = figures["demos"]["main"]
-    c = main["comparisons"]
-    blocks["main:table"] = summary_table(main["methods"]) + "\n"
-    blocks["main:differences"] = (
-        f"Paired differences, 95% intervals over {main['interval_covers']}: `lmpt` - zero-shot "
-        f"{_ci(c['lmpt - zeroshot']['total'])} total, `coop-db` - zero-shot {_ci(c['coop-db - zeroshot']['total'])}; "
-        f"`lmpt` - `coop-db` {_ci(c['lmpt - coop-db']['total'])} total, {_ci(c['lmpt - coop-db']['tail'])} tail "
-        f"(results digest `{main['results_digest'][:12]}`).\n")
-    blocks["main:summary"] = "\n".join([
-        summary_table(main["methods"], f"Test mAP (%), {main['protocol']} protocol, mean ± sample std over seeds; "
-                                       f"model selection: {main['selection']}."),
-        "", "### Paired differences", "", comparison_table(c), "",
-        f"Test mAP difference in points (A - B), each method's mAP the mean over its seeds; 95% interval over "
-        f"{main['interval_covers']} (docs/demo.md, \"Intervals\").", "",
-        "### Validation mAP", "", summary_table(main["val"]), "",
-        f"`{main['command']}` with {main['reproducibility']['threads']} threads, torch "
-        f"{main['reproducibility']['torch']}: results digest `{main['results_digest']}`.", ""])
-    dec = main.get("decisions", {})
-    if "lmpt" in dec and "zeroshot" in dec:
-        lm, zs = dec["lmpt"], dec["zeroshot"]
-        blocks["main:decisions"] = (
-            f"Decisions at the calibrated thresholds (test split; `metrics.json` -> `decisions`): `lmpt` seed "
-            f"{lm['seed']} gives {lm['labels_per_image']:.2f} labels per image against {lm['true_labels_per_image']:.2f} "
-            f"true ({lm['labels_per_image'] / lm['true_labels_per_image']:.2f}x), OF1 {100 * lm['OF1']:.1f} (every "
-            f"label: {100 * lm['OF1_every_label']:.1f}), ECE {lm['ece']:.3f}; zero-shot {zs['labels_per_image']:.2f} "
-            f"({zs['labels_per_image'] / zs['true_labels_per_image']:.2f}x), OF1 {100 * zs['OF1']:.1f}. "
-            "See [predict.md](predict.md).\n")
-    if "lr" in figures["demos"]:
-        lr = figures["demos"]["lr"]
-        cl = lr["comparisons"]
-        blocks["lr:sentence"] = (
-            f"(`{lr['command']}`: `lmpt` {_mean_std(lr, 'lmpt')} test, {_ci(cl['lmpt - zeroshot']['total'])} over "
-            f"zero-shot total, {_ci(cl['lmpt - zeroshot']['tail'])} tail; `coop` {_mean_std(lr, 'coop')}; the "
-            "prompts' random initialisation, not their training, is what beats the 80-template ensemble).\n")
-        blocks["lr:tables"] = "\n".join([summary_table(lr["methods"]), "", comparison_table(cl), "",
-                                         f"`{lr['command']}`: results digest `{lr['results_digest']}`.", ""])
+    for name, fig in figures["demos"].items():
+        c = fig["comparisons"]
+        repro = fig.get("reproducibility") or {}
+        blocks[f"{name}:table"] = summary_table(fig["methods"]) + "\n"
+        blocks[f"{name}:differences"] = _differences(fig)
+        blocks[f"{name}:summary"] = "\n".join([
+            summary_table(fig["methods"], f"Test mAP (%), {fig['protocol']} protocol, mean ± sample std over seeds; "
+                                          f"model selection: {fig['selection']}."),
+            "", comparison_table(c), "",
+            f"Paired differences in test mAP points (A - B), each method's mAP the mean over its seeds; 95% interval "
+            f"over {fig['interval_covers']} (\"Intervals\" below). Validation mAP:", "",
+            summary_table(fig["val"]), "",
+            f"`{fig['command']}` with {repro.get('threads')} threads, torch {repro.get('torch')}: results digest "
+            f"`{fig['results_digest']}`.", ""])
+        dec = fig.get("decisions", {})
+        if "lmpt" in dec and "zeroshot" in dec:
+            lm, zs = dec["lmpt"], dec["zeroshot"]
+            blocks[f"{name}:decisions"] = (
+                f"Decisions at the calibrated thresholds (test split; `metrics.json` -> `decisions`): `lmpt` seed "
+                f"{lm['seed']} gives {lm['labels_per_image']:.2f} labels per image against "
+                f"{lm['true_labels_per_image']:.2f} true ({lm['labels_per_image'] / lm['true_labels_per_image']:.2f}x), "
+                f"OF1 {100 * lm['OF1']:.1f} (every label: {100 * lm['OF1_every_label']:.1f}), ECE {lm['ece']:.3f}; "
+                f"zero-shot {zs['labels_per_image']:.2f} ({zs['labels_per_image'] / zs['true_labels_per_image']:.2f}x), "
+                f"OF1 {100 * zs['OF1']:.1f}. See [predict.md](predict.md).\n")
+        if "lmpt - zeroshot" in c and "coop" in fig["methods"]:
+            blocks[f"{name}:sentence"] = (
+                f"(`{fig['command']}`: `lmpt` {_mean_std(fig, 'lmpt')} test, {_ci(c['lmpt - zeroshot']['total'])} "
+                f"over zero-shot total, {_ci(c['lmpt - zeroshot']['tail'])} tail; `coop` {_mean_std(fig, 'coop')}).\n")
     return blocks
 
 
@@ -129,7 +132,8 @@ def replace_blocks(text: str, blocks: dict[str, str]) -> str:
 def run_demos(work: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     from lmpt.engine.studies.demo import run_demo
 
-    return {name: run_demo(work / name, overrides=DEMOS[name]) for name in names}
+    return {name: run_demo(work / name, quick="--quick" in DEMOS[name],
+                           overrides=[o for o in DEMOS[name] if o != "--quick"]) for name in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,13 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     summaries.update(run_demos(Path(args.work), [n for n in names if n not in summaries]))
     figures = json.loads(FIGURES.read_text()) if FIGURES.is_file() else {"demos": {}}
     for name, summary in summaries.items():
-        if list(summary.get("overrides", [])) != DEMOS[name]:
+        if list(summary.get("overrides", [])) + (["--quick"] if summary["world"]["quick"] else []) != DEMOS[name]:
             ap.error(f"demo {name!r} ran with {summary.get('overrides')}, expected {DEMOS[name]}")
-        figures["demos"][name] = figures_of(summary, DEMOS[name])
+        figures["demos"][name] = figures_of(summary, [o for o in DEMOS[name] if o != "--quick"])
     figures["written"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from lmpt.io import atomic_write_text
 
-    atomic_write_text(FIGURES, json.dumps(figures, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(FIGURES, json.dumps(figures, indent=1) + "\n")
     blocks = render_blocks(figures)
     for doc in DOCS:
         text = doc.read_text()
