@@ -1,10 +1,11 @@
 """Regenerate every figure the README and docs/demo.md quote from `lmpt demo`, in one command.
 
     python tools/regenerate_demo_docs.py                      # run the demos (reusing finished runs in --work)
-    python tools/regenerate_demo_docs.py --from main=DIR [--from lr=DIR]   # read finished demo folders
+    python tools/regenerate_demo_docs.py --from main=DIR [--only main]   # read a finished demo folder
     python tools/regenerate_demo_docs.py --check              # exit 1 if a doc block differs from the figures
 
-Each demo of :data:`DEMOS` (``main``: ``lmpt demo``; ``lr``: ``lmpt demo optim.lr=5e-6``) is run with
+Each demo of :data:`DEMOS` (``main``: ``lmpt demo``; ``lr``: ``lmpt demo optim.lr=5e-6``; ``quick``:
+``lmpt demo --quick``) is run with
 ``lmpt.engine.studies.demo.run_demo`` into ``--work/<name>`` (finished runs there are reused when their settings
 and data are the same; the world and its CLIP come from the cache). Its figures (the summary's results, with
 their ``results_digest``, the command, torch, the thread count and the timings) are written to
