@@ -255,8 +255,10 @@ def demo_cmd(args: argparse.Namespace) -> int:
         raise UserError(f"--world-seed {args.world_seed}: must be an integer from 0 to 2^32-1")
     if args.seeds is not None:
         parse_int_list(args.seeds, "--seeds")
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads}: give at least 1 (the demo's figures are measured with 2)")
     run_demo(out_dir=args.out, quick=args.quick, world_seed=args.world_seed, num_classes=args.classes,
-             seeds=args.seeds, cache_dir=args.cache_dir, device=args.device,
+             seeds=args.seeds, cache_dir=args.cache_dir, device=args.device, threads=args.threads,
              overrides=_overrides(argparse.Namespace(overrides=args.overrides)))
     return 0
 

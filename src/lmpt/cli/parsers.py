@@ -167,6 +167,8 @@ def demo_parser() -> Parser:
     sp.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2)")
     sp.add_argument("--cache-dir", default=None)
     sp.add_argument("--device", default="auto")
+    sp.add_argument("--threads", type=int, default=2,
+                    help="CPU threads for features and training (the results depend on it; default 2)")
     sp.add_argument("-v", "--verbose", action="store_true")
     return sp
 

@@ -13,10 +13,13 @@ exercises every step in under two minutes, not a result.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
+import torch
 import yaml
 
 from ...io import atomic_write_json, atomic_write_text, make_dir
@@ -81,16 +84,47 @@ def build_demo_world(num_classes: int = 20, world_seed: int = 0, quick: bool = F
     return build_world(cache_dir=cache_dir, num_classes=num_classes, seed=world_seed, progress=progress, **kwargs)
 
 
+@contextmanager
+def reproducible_torch(threads: int) -> Iterator[dict[str, Any]]:
+    """``threads`` CPU threads and torch's deterministic algorithms (warnings where it has none), restored after.
+
+    CPU reductions (matrix products, sums) split their work by thread, so the thread count is part of the result;
+    the world's CLIP is pretrained with its own fixed count (2). Yields what was set, for the summary.
+    """
+    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    torch.set_num_threads(int(threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield {"threads": int(threads), "deterministic_algorithms": True, "torch": torch.__version__}
+    finally:
+        torch.set_num_threads(prev[0])
+        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
+
+
 def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world_seed: int = 0,
              num_classes: int = 20, seeds: Optional[Union[str, Sequence[int]]] = None,
              cache_dir: Optional[str] = None, device: str = "auto", overrides: Sequence[str] = (),
              world_options: Optional[dict[str, Any]] = None,
-             methods: Sequence[str] = DEMO_METHODS) -> dict[str, Any]:
+             methods: Sequence[str] = DEMO_METHODS, threads: int = 2) -> dict[str, Any]:
     """Run the demo and return the summary (also written to ``out_dir/summary.json``).
 
     ``world_options`` (``scale``, ``sizes``, ``pretrain_steps``) replace the world's size settings, for tests
-    and smoke runs; ``overrides`` are config overrides (``optim.epochs=2``).
+    and smoke runs; ``overrides`` are config overrides (``optim.epochs=2``). Features and training run with
+    ``threads`` CPU threads and torch's deterministic algorithms, so a rerun on the same machine type and torch
+    gives the same ``results_digest``.
     """
+    with reproducible_torch(threads) as setting:
+        summary = _run_demo(out_dir, quick, world_seed, num_classes, seeds, cache_dir, device, overrides,
+                            world_options, methods, setting)
+    return summary
+
+
+def _run_demo(out_dir: Union[str, Path], quick: bool, world_seed: int, num_classes: int,
+              seeds: Optional[Union[str, Sequence[int]]], cache_dir: Optional[str], device: str,
+              overrides: Sequence[str], world_options: Optional[dict[str, Any]], methods: Sequence[str],
+              setting: dict[str, Any]) -> dict[str, Any]:
     t_start = time.perf_counter()
     check_sweep_overrides(overrides, "lmpt demo", PER_RUN_KEYS + ("run.output_dir",))
     if seeds is None:
@@ -157,6 +191,7 @@ def _run_demo(layout: SweepLayout, quick: bool, world_seed: int, num_classes: in
     timing = {"world_s": round(t_world, 1), "features_s": round(t_feat, 1), "runs_s": round(t_runs, 1),
               "total_s": round(time.perf_counter() - t_start, 1)}
     summary["timing"] = timing
+    summary["reproducibility"] = setting
     summary["overrides"] = list(overrides)
     summary["world"] = {"root": str(world.root), "classes": num_classes, "seed": world_seed, "quick": quick,
                         "clip": world.metadata.get("clip", {}), "config": str(layout / SweepLayout.WORLD_CONFIG)}
@@ -165,8 +200,9 @@ def _run_demo(layout: SweepLayout, quick: bool, world_seed: int, num_classes: in
     _say(summary_table(summary["methods"], f"Test mAP (%), {summary['protocol']} protocol, mean ± std over "
                                            f"{len(seed_list)} seed(s); selection: {summary['selection']}."))
     if summary.get("comparisons"):
-        _say("\nPaired differences (points, 95% bootstrap interval over test images):\n"
+        _say(f"\nPaired differences (points; 95% interval over {summary['interval_covers']}):\n"
              + comparison_table(summary["comparisons"]))
+    _say(f"results digest {summary['results_digest']} (every figure; no paths or timings)")
     _say(f"wrote {layout / SweepLayout.SUMMARY_MD} and {layout.summary_json} in {timing['total_s']:.0f} s; "
          f"more runs on this world: lmpt train {layout / SweepLayout.WORLD_CONFIG} --method coop-db")
     return summary

@@ -7,6 +7,7 @@ match, else it is moved aside the same way.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..rundir.outputs import ORACLE_LABEL, run_identity
 from ..rundir.report import GROUPS, mean_std, plot_group_bars, summary_table
 from ..train.run import run
 from ..validation import check_resume, validate
-from .compare import comparison_table, default_pairs, paired_differences
+from .compare import comparison_table, covers_text, default_pairs, paired_differences
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def run_sweep(cfg: Config, methods: Sequence[str], seeds: Sequence[int], out_dir
     summary["comparisons"] = paired_differences(
         {m: [Path(r["run_dir"]) for r in items] for m, items in runs.items()}, ds.test.labels, ds.class_freq,
         default_pairs(list(runs)), protocol=cfg.run.protocol, n_boot=n_boot)
+    summary["interval_covers"] = covers_text(summary["comparisons"]) if summary["comparisons"] else None
+    summary["results_digest"] = results_digest(summary)
     if dist_utils.is_main():
         write_summary(out, summary, title)
     return summary
@@ -151,6 +154,19 @@ def summarise(runs: dict[str, list[dict[str, Any]]], cfg: Config) -> dict[str, A
             "selection": ORACLE_LABEL if oracle else cfg.run.select, "oracle": oracle}
 
 
+def results_digest(summary: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a summary's results: the methods' and validation tables, the paired
+    differences and every run's headline (method, seed, test and validation mAP). Paths and timings are left
+    out, so two runs of the same sweep into different folders give the same digest exactly when every figure
+    is bitwise equal."""
+    runs = {m: [{"seed": r["seed"], "headline": r["headline"], "val": r["val"], "oracle": r["oracle"]}
+                for r in items] for m, items in summary["runs"].items()}
+    payload = {k: summary.get(k) for k in ("methods", "val", "comparisons", "protocol", "selection")}
+    payload["runs"] = runs
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def write_summary(out: SweepLayout, summary: dict[str, Any], title: str) -> None:
     """The summary of a sweep (or the demo): JSON, markdown and a plot."""
     atomic_write_json(out.summary_json, summary)
@@ -163,11 +179,15 @@ def write_summary(out: SweepLayout, summary: dict[str, Any], title: str) -> None
         e = next(iter(summary["comparisons"].values()))
         text += ["## Paired differences", "",
                  comparison_table(summary["comparisons"]), "",
-                 f"Test mAP difference in points (A - B), each method's mAP the mean over its seeds; 95% interval "
-                 f"from {e['resamples']} paired bootstrap resamples of the test images (the same images for both "
-                 "methods). An interval that contains 0 means no measurable difference on this test set.", ""]
+                 "Test mAP difference in points (A - B), each method's mAP the mean over its seeds. The 95% interval "
+                 f"covers {covers_text(summary['comparisons'])}: the spread of each method's per-seed mAP (a "
+                 f"t-interval; one run adds no seed term) plus {e['resamples']} paired bootstrap resamples of the "
+                 "test images (the same images for both methods). A method trained with one seed leaves the seeds "
+                 "out. An interval that contains 0 means no measurable difference.", ""]
     if summary["val"]:
         text += ["## Validation mAP", "", summary_table(summary["val"]), ""]
+    if summary.get("results_digest"):
+        text += [f"Results digest (sha256 of every figure above, no paths or timings): `{summary['results_digest']}`", ""]
     text += [f"![summary]({SweepLayout.SUMMARY_PNG})", ""]
     atomic_write_text(out / SweepLayout.SUMMARY_MD, "\n".join(text))
     try:
