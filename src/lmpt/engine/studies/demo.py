@@ -116,12 +116,12 @@ def run_demo(out_dir: Union[str, Path] = "lmpt-demo", quick: bool = False, world
     gives the same ``results_digest``.
     """
     with reproducible_torch(threads) as setting:
-        summary = _run_demo(out_dir, quick, world_seed, num_classes, seeds, cache_dir, device, overrides,
-                            world_options, methods, setting)
+        summary = _checked_demo(out_dir, quick, world_seed, num_classes, seeds, cache_dir, device, overrides,
+                                world_options, methods, setting)
     return summary
 
 
-def _run_demo(out_dir: Union[str, Path], quick: bool, world_seed: int, num_classes: int,
+def _checked_demo(out_dir: Union[str, Path], quick: bool, world_seed: int, num_classes: int,
               seeds: Optional[Union[str, Sequence[int]]], cache_dir: Optional[str], device: str,
               overrides: Sequence[str], world_options: Optional[dict[str, Any]], methods: Sequence[str],
               setting: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def _run_demo(out_dir: Union[str, Path], quick: bool, world_seed: int, num_class
     make_dir(out, "the demo's output folder")
     try:
         return _run_demo(layout, quick, world_seed, num_classes, seed_list, cache_dir, device, overrides,
-                         world_options, methods, t_start)
+                         world_options, methods, t_start, setting)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a demo that failed before writing anything leaves no empty folder
@@ -149,7 +149,7 @@ def _run_demo(out_dir: Union[str, Path], quick: bool, world_seed: int, num_class
 
 def _run_demo(layout: SweepLayout, quick: bool, world_seed: int, num_classes: int, seed_list: list[int],
               cache_dir: Optional[str], device: str, overrides: Sequence[str], world_options: Optional[dict[str, Any]],
-              methods: Sequence[str], t_start: float) -> dict[str, Any]:
+              methods: Sequence[str], t_start: float, setting: dict[str, Any]) -> dict[str, Any]:
     out = layout.root
     _say(f"[1/4] world: {num_classes} classes, seed {world_seed}{' (quick)' if quick else ''}")
     t0 = time.perf_counter()
