@@ -60,3 +60,17 @@ def tiny_overrides(data: dict, tmp: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def die_at_call(monkeypatch, cls, n: int, method: str = "loss") -> None:
+    """Make ``cls.method`` raise KeyboardInterrupt at its ``n``-th call, as a killed run would stop."""
+    original = getattr(cls, method)
+    calls = {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, dying)

@@ -17,7 +17,7 @@ from lmpt.engine.train.loop import TrainingError
 from lmpt.engine.train.prompt import PromptTrainer
 from lmpt.errors import CheckpointError, ConfigError
 
-from engine_helpers import CLASSES, tiny_overrides
+from engine_helpers import CLASSES, die_at_call, tiny_overrides
 
 
 def _cfg(tiny_data, tmp_path, **extra):
@@ -95,16 +95,8 @@ def test_resume_after_a_kill_gives_the_same_result(tiny_data, tmp_path, monkeypa
     extra = {"optim.epochs": 5, "optim.schedule": "cosine"}
     full = train(_cfg(tiny_data, tmp_path, **extra, **{"run.name": "full"}))
 
-    calls = {"n": 0}
     original = PromptTrainer.loss
-
-    def dying_loss(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 9:  # in the middle of epoch 3 (4 steps per epoch)
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(PromptTrainer, "loss", dying_loss)
+    die_at_call(monkeypatch, PromptTrainer, 9)  # in the middle of epoch 3 (4 steps per epoch)
     cfg = _cfg(tiny_data, tmp_path, **extra, **{"run.name": "killed"})
     with pytest.raises(KeyboardInterrupt):
         train(cfg)

@@ -18,7 +18,7 @@ from lmpt.engine.methods import METHOD_KINDS
 from lmpt.engine.train.loss import LossDecision
 from lmpt.errors import ConfigError
 
-from engine_helpers import tiny_overrides
+from engine_helpers import die_at_call, tiny_overrides
 
 RN = {"model.backbone": "lmpt-test-rn", "data.feature_batch_size": 16}
 
@@ -128,16 +128,8 @@ def test_train_mode_resume_equals_an_uninterrupted_run(tiny_data, tmp_path, monk
 
     extra = {**RN, "model.batchnorm": "train", "optim.epochs": 3, "optim.schedule": "cosine"}
     full = train(_cfg(tiny_data, tmp_path, **extra, **{"run.name": "full"}))
-    calls = {"n": 0}
     original = PromptTrainer.loss
-
-    def dying_loss(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:  # in the middle of epoch 2 (4 steps per epoch)
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(PromptTrainer, "loss", dying_loss)
+    die_at_call(monkeypatch, PromptTrainer, 6)  # in the middle of epoch 2 (4 steps per epoch)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tiny_data, tmp_path, **extra, **{"run.name": "killed"}))
     monkeypatch.setattr(PromptTrainer, "loss", original)

@@ -75,6 +75,14 @@ class HorizontalFlip(torch.nn.Module):
         return torch.flip(x, dims=(-1,))
 
 
+def _resize_steps(mode: str, size: int, interpolation: str) -> list:
+    """The mode's resize (and crop) to ``size x size`` as torchvision PIL transforms."""
+    im = _INTERPOLATIONS[interpolation]
+    if PREPROCESSING[mode].resize == "squash":
+        return [T.Resize((size, size), interpolation=im)]
+    return [T.Resize(size, interpolation=im), T.CenterCrop(size)]
+
+
 def build_transform(mode: str, image_size: int = 224, mean: Optional[Sequence[float]] = None,
                     std: Optional[Sequence[float]] = None, interpolation: Optional[str] = None,
                     flip: bool = False) -> Callable[[Image.Image], torch.Tensor]:
@@ -88,12 +96,7 @@ def build_transform(mode: str, image_size: int = 224, mean: Optional[Sequence[fl
     s = int(image_size)
     if s <= 0:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
-    im = _INTERPOLATIONS[interp]
-    if PREPROCESSING[mode].resize == "squash":
-        steps = [T.Resize((s, s), interpolation=im)]
-    else:
-        steps = [T.Resize(s, interpolation=im), T.CenterCrop(s)]
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    steps = _resize_steps(mode, s, interp) + [T.ToTensor(), T.Normalize(mean, std)]
     if flip:
         steps.append(HorizontalFlip())
     return T.Compose(steps)
@@ -102,13 +105,7 @@ def build_transform(mode: str, image_size: int = 224, mean: Optional[Sequence[fl
 def build_uint8_transform(signature: dict) -> Callable[[Image.Image], torch.Tensor]:
     """``PIL image -> uint8 [3, s, s]``: the resize and crop of a resolved preprocessing, before ``ToTensor`` and
     the normalisation (see :func:`normalize_uint8`). Images kept in memory this way take a quarter of the space."""
-    mode = signature["mode"]
-    s = int(signature["image_size"])
-    im = _INTERPOLATIONS[signature["interpolation"]]
-    if PREPROCESSING[mode].resize == "squash":
-        steps = [T.Resize((s, s), interpolation=im)]
-    else:
-        steps = [T.Resize(s, interpolation=im), T.CenterCrop(s)]
+    steps = _resize_steps(signature["mode"], int(signature["image_size"]), signature["interpolation"])
     return T.Compose(steps + [T.PILToTensor()])
 
 

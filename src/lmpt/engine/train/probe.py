@@ -62,8 +62,6 @@ class ProbeTrainer:
 
     @torch.no_grad()
     def logits(self, split: str) -> Optional[torch.Tensor]:
-        if getattr(self.prepared.dataset, split) is None:
-            return None
         feats = self.images.split(split)
         if feats is None:
             return None

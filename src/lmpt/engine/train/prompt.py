@@ -93,8 +93,6 @@ class PromptTrainer:
     @torch.no_grad()
     def logits(self, split: str) -> Optional[torch.Tensor]:
         """Logits of a split's image features with the current prompts (None without that split)."""
-        if getattr(self.prepared.dataset, split) is None:
-            return None
         feats = self.images.split(split)
         if feats is None:
             return None
