@@ -170,7 +170,7 @@ def test_6_export_metadata_without_a_key(exported, image, tmp_path, capsys):
         module = torch.jit.load(str(exported), _extra_files=extra)
     meta = json.loads(extra[META_NAME])
     cases = [("class_names", None, "'class_names'"), ("thresholds", [-5.0] * len(meta["class_names"]), "'thresholds'"),
-             ("preprocess", {"mode": "clip"}, "'preprocess'"), ("export_version", 99, "newer lmpt"),
+             ("preprocess", {"mode": "clip"}, "'preprocess"), ("export_version", 99, "newer lmpt"),
              ("calibration", {"a": [float("nan")] * len(meta["class_names"])}, "calibration")]
     for key, value, needle in cases:
         bad = dict(meta)

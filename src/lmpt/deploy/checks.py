@@ -12,8 +12,6 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-import torch
-
 from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -65,8 +63,10 @@ def check_calibration(calibration: Any, num_classes: int, source: Union[str, Pat
                        ", #".join(map(str, inverted[:5])))
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], source: Union[str, Path]) -> None:
+def check_finite(tensors: Mapping[str, Any], source: Union[str, Path]) -> None:
     """Refuse NaN or infinite values in a classifier's tensors (they would give NaN scores for every image)."""
+    import torch  # only torch callers get here; the metadata checks above stay importable without it
+
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{source}: tensor '{name}' holds NaN or infinite values; the file is damaged "

@@ -7,6 +7,7 @@ from typing import Any, Union
 
 from ..data.imagefile import PIL_FILTERS, SIGNATURE_KEYS
 from ..errors import CheckpointError
+from .checks import check_calibration
 
 EXPORT_VERSION = 1
 META_NAME = "lmpt.json"  # the JSON file inside a TorchScript archive
@@ -56,6 +57,7 @@ def validate_meta(meta: dict[str, Any], path: Union[str, Path]) -> dict[str, Any
             raise bad(f"preprocess.{key}", f"is {v!r}, not 3 numbers")
     if any(x <= 0 for x in pre["std"]):
         raise bad("preprocess.std", f"is {pre['std']!r} (must be positive)")
+    check_calibration(meta["calibration"], len(names), path)
     return meta
 
 
