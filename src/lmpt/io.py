@@ -108,6 +108,24 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
 
 
+def safetensors_bytes(tensors: dict[str, Any], metadata: Union[dict[str, str], None] = None) -> bytes:
+    """``tensors`` in the safetensors format with a canonical header (metadata and tensors in key order), so the
+    same tensors and metadata always give the same bytes: safetensors itself writes metadata in hash order."""
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    ordered: dict[str, Any] = {}
+    meta = header.pop("__metadata__", None)
+    if meta:
+        ordered["__metadata__"] = dict(sorted(meta.items()))
+    ordered.update(sorted(header.items()))  # data offsets are relative to the data section: unchanged
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -34,7 +34,7 @@ from .. import distributed as dist_utils
 from ..backbone import CLIPBackbone
 from ..cache import resolve_cache_dir
 from ..errors import DataError
-from ..io import atomic_path, atomic_write_json, make_dir, stable_hash
+from ..io import atomic_write_bytes, atomic_write_json, make_dir, safetensors_bytes, stable_hash
 from ..precision import autocast, resolve_precision
 from ..progress import progress as progress_bar
 from .dataset import MultiLabelSplit
@@ -105,11 +105,9 @@ def _load_tensor(path: Path) -> tuple[torch.Tensor, dict]:
 
 
 def _save_tensor(path: Path, features: torch.Tensor, meta: dict) -> None:
-    from safetensors.torch import save_file
-
     meta = dict(meta, sha256=_digest(features))
-    with atomic_path(path) as tmp:
-        save_file({"features": features.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    atomic_write_bytes(path, safetensors_bytes({"features": features.contiguous()},
+                                               {k: str(v) for k, v in meta.items()}))
 
 
 def _read_final(path: Path, n: int, images: str) -> Optional[torch.Tensor]:

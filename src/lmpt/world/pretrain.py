@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..backbone import quiet_open_clip
-from ..io import atomic_path, atomic_write_json
+from ..io import atomic_write_bytes, atomic_write_json, safetensors_bytes
 from ..metrics import average_precision
 from ..progress import progress as progress_bar
 from .clip import IMAGE_MEAN, IMAGE_STD, WORLD_MODEL_NAME, get_world_tokenizer, register_world_models
@@ -235,10 +235,7 @@ def pretrain_world_clip(world_dir: Union[str, Path], out_path: Union[str, Path],
         t_train = time.perf_counter()
 
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        from safetensors.torch import save_file
-
-        with atomic_path(out_path) as tmp:
-            save_file(state, str(tmp), metadata={"model": name, "steps": str(done)})
+        atomic_write_bytes(out_path, safetensors_bytes(state, {"model": name, "steps": str(done)}))
 
         metrics = {
             "model": name,

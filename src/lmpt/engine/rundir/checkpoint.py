@@ -24,7 +24,7 @@ from ...backbone import CLIPBackbone
 from ...calibration import Calibration
 from ...deploy.checks import check_calibration, check_class_names, check_finite
 from ...errors import CheckpointError
-from ...io import atomic_write_bytes
+from ...io import atomic_write_bytes, safetensors_bytes
 from ..config import Config
 from ..methods import METHOD_KINDS, MethodKind, weights_files
 from ..prepared import Prepared
@@ -35,11 +35,9 @@ FORMAT_VERSION = 2
 
 def save_weights(path: Union[str, Path], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write a run's learned tensors and their metadata to a safetensors file, atomically."""
-    from safetensors.torch import save
-
     meta = dict(meta, format_version=FORMAT_VERSION)
-    atomic_write_bytes(path, save({k: v.detach().cpu().float().contiguous() for k, v in tensors.items()},
-                                  metadata={"lmpt": json.dumps(meta)}))
+    atomic_write_bytes(path, safetensors_bytes({k: v.detach().cpu().float().contiguous() for k, v in tensors.items()},
+                                               {"lmpt": json.dumps(meta)}))
 
 
 def classifier_meta(cfg: Config, prepared: Prepared, kind: MethodKind, calibration: Calibration, **extra: Any
