@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, Callable[[], Parser], Callable[[argparse.Namespac
     "zeroshot": ("evaluate zero-shot CLIP", parsers.zeroshot_parser, commands.zeroshot_cmd),
     "eval": ("re-evaluate a finished run", parsers.eval_parser, commands.eval_cmd),
     "predict": ("label images with a run or an exported classifier", parsers.predict_parser, commands.predict_cmd),
-    "export": ("write a run's classifier as one TorchScript file", parsers.export_parser, commands.export_cmd),
+    "export": ("write a run's classifier as one ONNX or TorchScript file", parsers.export_parser, commands.export_cmd),
     "sweep": ("methods x seeds, with a mean ± std table", parsers.sweep_parser, commands.sweep_cmd),
     "compare": ("a finished sweep beside the paper's figures, with each row's protocol", parsers.compare_parser,
                 commands.compare_cmd),
