@@ -227,6 +227,23 @@ def test_only_user_errors_become_one_line(monkeypatch, capsys):
         main(["eval", "somewhere"])
 
 
+def test_ctrl_c_says_what_the_interrupted_command_keeps(monkeypatch, capsys, tmp_path):
+    """Ctrl-C: exit 130 and one line on what is kept, for the command that was running (not training's text)."""
+    import lmpt.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for command, argv, words in (("data download", ["data", "download", "voc-lt", "--root", str(tmp_path)],
+                                  "fetches only the missing ones"),
+                                 ("train", ["train", "voc-lt-rn50"], "lmpt train --resume RUN_DIR")):
+        name, make, _ = cli.COMMANDS[command]
+        monkeypatch.setitem(cli.COMMANDS, command, (name, make, interrupted))
+        assert main(argv) == 130
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("interrupted. ") and words in err and len(err.splitlines()) == 1
+        assert ("--resume" in err) == (command == "train")
+
 def test_data_group_help(capsys):
     assert main(["data", "--help"]) == 0
     out = capsys.readouterr().out

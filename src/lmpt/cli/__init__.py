@@ -41,6 +41,17 @@ COMMANDS: dict[str, tuple[str, Callable[[], Parser], Callable[[argparse.Namespac
 }
 
 
+# command -> what an interrupted run keeps and how to go on (Ctrl-C)
+INTERRUPTED = {
+    "train": "Finished work is kept: feature chunks stay cached and `lmpt train --resume RUN_DIR` continues a run "
+             "from its last checkpoint.",
+    "data download": "Images already downloaded are kept: the same command fetches only the missing ones (a "
+                     "partly downloaded archive resumes).",
+    "weights fetch": "Weights already fetched are kept: the same command fetches the others.",
+    "demo": "Finished work is kept: the world, its CLIP and the feature caches are reused when the same command "
+            "runs again.",
+}
+
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -126,8 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(prefix + str(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted. Finished work is kept: feature chunks stay cached and `lmpt train --resume RUN_DIR` "
-              "continues a run from its last checkpoint.", file=sys.stderr)
+        print("interrupted. " + INTERRUPTED.get(command, INTERRUPTED["train"]), file=sys.stderr)
         return 130
 
 
