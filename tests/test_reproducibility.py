@@ -27,12 +27,15 @@ def _cold_demo(tmp_path, name):
 
 
 def test_two_cold_quick_demos_give_the_same_digest(tmp_path):
+    import torch
+
     a, clip_a = _cold_demo(tmp_path, "a")
     b, clip_b = _cold_demo(tmp_path, "b")
     assert clip_a == clip_b  # the world's CLIP, pretrained twice
     assert a["runs"]["coop"][0]["run_dir"] != b["runs"]["coop"][0]["run_dir"]
     assert a["reproducibility"] == {"threads": 2, "deterministic_algorithms": True,
-                                    "torch": b["reproducibility"]["torch"]}
+                                    "torch": b["reproducibility"]["torch"], "cpu": b["reproducibility"]["cpu"]}
+    assert torch.backends.cpu.get_cpu_capability() in a["reproducibility"]["cpu"]
     for method in ("zeroshot", "coop"):  # zero-shot depends on the features only, CoOp on training too
         la, lb = (np.load(s["runs"][method][0]["run_dir"] + "/test_logits.npy") for s in (a, b))
         assert np.array_equal(la, lb), f"{method}: test logits differ by up to {np.abs(la - lb).max():.3g}"

@@ -96,7 +96,8 @@ def render_blocks(figures: dict[str, Any]) -> dict[str, str]:
             f"Paired differences in test mAP points (A - B), each method's mAP the mean over its seeds; 95% interval "
             f"over {fig['interval_covers']} (\"Intervals\" below). Validation mAP:", "",
             summary_table(fig["val"]), "",
-            f"`{fig['command']}` with {repro.get('threads')} threads, torch {repro.get('torch')}: results digest "
+            f"`{fig['command']}` with {repro.get('threads')} threads, torch {repro.get('torch')}"
+            + (f", CPU {repro['cpu']}" if repro.get("cpu") else "") + ": results digest "
             f"`{fig['results_digest']}`.", ""])
         dec = fig.get("decisions", {})
         if "lmpt" in dec and "zeroshot" in dec:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,24 @@ def build_demo_world(num_classes: int = 20, world_seed: int = 0, quick: bool = F
     return build_world(cache_dir=cache_dir, num_classes=num_classes, seed=world_seed, progress=progress, **kwargs)
 
 
+def cpu_identity() -> str:
+    """The CPU model and the vector instructions torch's kernels use (e.g. "AMD EPYC, AVX512"): results are
+    bitwise reproducible on the same CPU type, and another one changes the last bits of trained prompts."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older torch
+        capability = "unknown"
+    return f"{model}, {capability}"
+
+
 @contextmanager
 def reproducible_torch(threads: int) -> Iterator[dict[str, Any]]:
     """``threads`` CPU threads and torch's deterministic algorithms (warnings where it has none), restored after.
@@ -97,7 +116,8 @@ def reproducible_torch(threads: int) -> Iterator[dict[str, Any]]:
     torch.set_num_threads(int(threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield {"threads": int(threads), "deterministic_algorithms": True, "torch": torch.__version__}
+        yield {"threads": int(threads), "deterministic_algorithms": True, "torch": torch.__version__,
+               "cpu": cpu_identity()}
     finally:
         torch.set_num_threads(prev[0])
         torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
