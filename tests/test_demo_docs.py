@@ -31,7 +31,7 @@ def test_docs_equal_the_last_regeneration():
     assert readme_tables, "the README's demo table must be a regenerated block"
     assert any(n.endswith(":summary") and doc == "demo.md" for n, doc in seen.items())
     # the figures file is one demo's summary, unedited: its digest is recomputed from its numbers
-    for name, fig in figures["demos"].items():
+    for name, fig in list(figures["demos"].items()) + list(figures.get("other_cpu", {}).items()):
         assert results_digest(fig) == fig["results_digest"], name
 
 
@@ -53,3 +53,19 @@ def test_a_changed_figure_makes_the_readme_stale():
     after = tool.render_blocks(figures)
     assert after[f"{name}:table"] != before[f"{name}:table"]
     assert results_digest(figures["demos"][name]) != figures["demos"][name]["results_digest"]
+
+
+def test_machines_block_sets_two_cpus_side_by_side():
+    """The cross-machine block: gaps computed from both figures, and whether each estimate is in the other's CI."""
+    tool = _tool()
+    def fig(mean, diff, low, high, cpu):
+        return {"methods": {"lmpt": {"total": {"mean": mean, "std": 0.01, "n": 3}}},
+                "comparisons": {"lmpt - coop-db": {"total": {"diff": diff, "low": low, "high": high}}},
+                "results_digest": cpu * 12, "reproducibility": {"cpu": cpu} if cpu != "x" else {}}
+    a, b = fig(0.4488, 0.1277, 0.0356, 0.2198, "A"), fig(0.4588, 0.1512, 0.1300, 0.2322, "x")
+    text = tool._machines(a, b)
+    assert "| `lmpt` total mAP | 44.88 ± 1.00 | 45.88 ± 1.00 | -1.000 |" in text
+    assert "| `lmpt - coop-db` | +12.77 [+3.56, +21.98] | +15.12 [+13.00, +23.22] | -2.350 |" in text
+    assert "CPU not recorded" in text and "for 0 of 1 comparisons" in text  # 12.77 is below the other's 13.00
+    b["comparisons"]["lmpt - coop-db"]["total"]["low"] = 0.0702
+    assert "for 1 of 1 comparisons" in tool._machines(a, b)

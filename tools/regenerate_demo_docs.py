@@ -13,6 +13,11 @@ their ``results_digest``, the command, torch, the thread count and the timings) 
 README.md and docs/demo.md is rewritten from that file by :func:`render_blocks`. tests/test_demo_docs.py checks
 that the blocks equal what :func:`render_blocks` makes of the figures file, so a change of the numbers (a
 refactor, a new interval) cannot leave the README stale: run this script again.
+
+Results are bitwise reproducible on one CPU type, not across types (docs/demo.md, "Reproducibility"). With
+``--keep-other-cpu``, a demo's previous figures move to ``other_cpu`` in the figures file when the new run was
+made on another CPU (or the previous one did not record its CPU), and the ``NAME:machines`` block sets the two
+side by side: the measured spread between machine types.
 """
 from __future__ import annotations
 
@@ -77,6 +82,31 @@ def _differences(fig: dict[str, Any]) -> str:
             + f" (results digest `{fig['results_digest'][:12]}`).\n")
 
 
+def _cpu(fig: dict[str, Any]) -> str:
+    return (fig.get("reproducibility") or {}).get("cpu") or "CPU not recorded"
+
+
+def _machines(fig: dict[str, Any], other: dict[str, Any]) -> str:
+    """The same demo on two CPU types: each method's test mAP, each paired difference, and the gaps."""
+    head = (f"| | {_cpu(fig)} (digest `{fig['results_digest'][:12]}`) | {_cpu(other)} (digest "
+            f"`{other['results_digest'][:12]}`) | gap (points) |")
+    rows = [head, "|---|---|---|---|"]
+    for method, t in fig["methods"].items():
+        if method in other["methods"]:
+            a, b = t["total"], other["methods"][method]["total"]
+            rows.append(f"| `{method}` total mAP | {100 * a['mean']:.2f} ± {100 * a['std']:.2f} | "
+                        f"{100 * b['mean']:.2f} ± {100 * b['std']:.2f} | {100 * (a['mean'] - b['mean']):+.3f} |")
+    inside = []
+    for pair, e in fig["comparisons"].items():
+        if pair in other["comparisons"]:
+            a, b = e["total"], other["comparisons"][pair]["total"]
+            rows.append(f"| `{pair}` | {_ci(a)} | {_ci(b)} | {100 * (a['diff'] - b['diff']):+.3f} |")
+            inside.append(a["low"] <= b["diff"] <= a["high"] and b["low"] <= a["diff"] <= b["high"])
+    note = (f"\nEach machine's paired difference lies inside the other's 95% interval for {sum(inside)} of "
+            f"{len(inside)} comparisons.\n") if inside else ""
+    return "\n".join(rows) + "\n" + note
+
+
 def render_blocks(figures: dict[str, Any]) -> dict[str, str]:
     """Every doc block's text (ending in a newline) from the figures file: ``NAME:table``, ``NAME:differences``,
     ``NAME:summary``, ``NAME:decisions`` and ``NAME:sentence`` for each demo NAME in it."""
@@ -113,6 +143,9 @@ def render_blocks(figures: dict[str, Any]) -> dict[str, str]:
             blocks[f"{name}:sentence"] = (
                 f"(`{fig['command']}`: `lmpt` {_mean_std(fig, 'lmpt')} test, {_ci(c['lmpt - zeroshot']['total'])} "
                 f"over zero-shot total, {_ci(c['lmpt - zeroshot']['tail'])} tail; `coop` {_mean_std(fig, 'coop')}).\n")
+    for name, other in figures.get("other_cpu", {}).items():
+        if name in figures["demos"]:
+            blocks[f"{name}:machines"] = _machines(figures["demos"][name], other)
     return blocks
 
 
@@ -145,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="lmpt-demo-docs", help="where the demos run (default ./lmpt-demo-docs)")
     ap.add_argument("--only", default=None, help="comma-separated demo names to regenerate (default all)")
     ap.add_argument("--check", action="store_true", help="only check that the docs match the figures file")
+    ap.add_argument("--keep-other-cpu", action="store_true",
+                    help="keep a demo's previous figures (other_cpu) when the new run is on another CPU type")
     args = ap.parse_args(argv)
     if args.check:
         figures = json.loads(FIGURES.read_text())
@@ -165,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, summary in summaries.items():
         if list(summary.get("overrides", [])) + (["--quick"] if summary["world"]["quick"] else []) != DEMOS[name]:
             ap.error(f"demo {name!r} ran with {summary.get('overrides')}, expected {DEMOS[name]}")
-        figures["demos"][name] = figures_of(summary, [o for o in DEMOS[name] if o != "--quick"])
+        fig = figures_of(summary, [o for o in DEMOS[name] if o != "--quick"])
+        previous = figures["demos"].get(name)
+        if args.keep_other_cpu and previous and _cpu(previous) != _cpu(fig):
+            figures.setdefault("other_cpu", {})[name] = previous
+        figures["demos"][name] = fig
     figures["written"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from lmpt.io import atomic_write_text
 
