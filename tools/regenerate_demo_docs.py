@@ -17,7 +17,11 @@ refactor, a new interval) cannot leave the README stale: run this script again.
 Results are bitwise reproducible on one CPU type, not across types (docs/demo.md, "Reproducibility"). With
 ``--keep-other-cpu``, a demo's previous figures move to ``other_cpu`` in the figures file when the new run was
 made on another CPU (or the previous one did not record its CPU), and the ``NAME:machines`` block sets the two
-side by side: the measured spread between machine types.
+side by side: the measured spread between machine types. ``--other-cpu`` writes the given demos' figures there
+instead, e.g. a run with AVX2 kernels forced on an AVX-512 machine::
+
+    ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 lmpt demo --out DIR
+    python tools/regenerate_demo_docs.py --from main=DIR --only main --other-cpu
 """
 from __future__ import annotations
 
@@ -180,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only check that the docs match the figures file")
     ap.add_argument("--keep-other-cpu", action="store_true",
                     help="keep a demo's previous figures (other_cpu) when the new run is on another CPU type")
+    ap.add_argument("--other-cpu", action="store_true",
+                    help="write the figures as other_cpu (e.g. a run with AVX2 kernels forced) and leave demos as is")
     args = ap.parse_args(argv)
     if args.check:
         figures = json.loads(FIGURES.read_text())
@@ -201,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         if list(summary.get("overrides", [])) + (["--quick"] if summary["world"]["quick"] else []) != DEMOS[name]:
             ap.error(f"demo {name!r} ran with {summary.get('overrides')}, expected {DEMOS[name]}")
         fig = figures_of(summary, [o for o in DEMOS[name] if o != "--quick"])
+        if args.other_cpu:
+            if _cpu(fig) == _cpu(figures["demos"].get(name, {})):
+                ap.error(f"demo {name!r} ran on {_cpu(fig)}, the CPU of the figures it would sit beside")
+            figures.setdefault("other_cpu", {})[name] = fig
+            continue
         previous = figures["demos"].get(name)
         if args.keep_other_cpu and previous and _cpu(previous) != _cpu(fig):
             figures.setdefault("other_cpu", {})[name] = previous

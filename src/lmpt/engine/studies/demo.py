@@ -222,7 +222,8 @@ def _run_demo(layout: SweepLayout, quick: bool, world_seed: int, num_classes: in
     if summary.get("comparisons"):
         _say(f"\nPaired differences (points; 95% interval over {summary['interval_covers']}):\n"
              + comparison_table(summary["comparisons"]))
-    _say(f"results digest {summary['results_digest']} (every figure; no paths or timings)")
+    _say(f"results digest {summary['results_digest']} (every figure; no paths or timings; CPU {setting['cpu']}: "
+         "docs/demo.md, Reproducibility, says which kernels give which figures)")
     _say(f"wrote {layout / SweepLayout.SUMMARY_MD} and {layout.summary_json} in {timing['total_s']:.0f} s; "
          f"more runs on this world: lmpt train {layout / SweepLayout.WORLD_CONFIG} --method coop-db")
     return summary
