@@ -6,10 +6,10 @@ torch) and TorchScript: agreement, test mAP, speed, file size and cold start.
 * Agreement and mAP: the demo's ``lmpt-seed0`` and ``linear-probe-seed0`` runs when ``--demo DIR`` (a folder
   written by ``lmpt demo``) is given, else a linear probe trained here on the world (a few epochs). On the run's
   whole test split: max |probability difference| of ONNX fp32 against the run folder (target <= 1e-4) and whether
-  the chosen labels are identical; the test mAP of the run folder, ONNX fp32 and ONNX int8 and int8's change in
-  mAP and in labels.
+  the chosen labels are identical; the test mAP of the run folder, ONNX fp32, ONNX int8 (dynamic) and ONNX
+  int8-static (calibrated on 64 training images) and each int8's change in mAP and in labels.
 * Speed (images/s of the model on preprocessed batches, decoding excluded; median of ``--repeats`` alternating
-  rounds after a warm-up): onnxruntime fp32, onnxruntime int8, TorchScript and eager torch, at the world's size
+  rounds after a warm-up): onnxruntime fp32, int8 and int8-static, TorchScript and eager torch, at the world's size
   (the demo run's CLIP, 64 px) and at RN50 224 px (random-init open_clip ``RN50``, a zero-shot-style head).
 * File sizes of the three exports; cold start (a new process, from its start to the first prediction) for the
   ONNX file with and without ``import torch``, the TorchScript file and the run folder.
@@ -67,11 +67,24 @@ def zeroshot_run(folder: Path, model: str, n_classes: int = 20) -> Path:
     return folder
 
 
-def exports(run: Path, work: Path) -> dict[str, Path]:
+def exports(run: Path, work: Path, calibration=None) -> dict[str, Path]:
     work.mkdir(parents=True, exist_ok=True)
     return {"onnx_fp32": export_run(run, work / "model.onnx"),
             "onnx_int8": export_run(run, work / "model-int8.onnx", quantize="int8"),
+            "onnx_int8_static": export_run(run, work / "model-int8-static.onnx", quantize="int8-static",
+                                           calibration_images=calibration),
             "torchscript": export_run(run, work / "model.pt")}
+
+
+def noise_images(folder: Path, n: int = 16) -> list[str]:
+    """``n`` random-noise PNGs: calibration images for the random-init RN50 (its speed is what is measured)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(folder / f"noise{i:02d}.png")
+    return [str(folder)]
 
 
 def scorers(run: Path, files: dict[str, Path], threads: int) -> dict:
@@ -79,6 +92,7 @@ def scorers(run: Path, files: dict[str, Path], threads: int) -> dict:
 
     return {"onnx_fp32": ONNXClassifier(files["onnx_fp32"], threads=threads),
             "onnx_int8": ONNXClassifier(files["onnx_int8"], threads=threads),
+            "onnx_int8_static": ONNXClassifier(files["onnx_int8_static"], threads=threads),
             "torchscript": lmpt.load_classifier(files["torchscript"]), "eager_torch": RunScorer(load_run(run))}
 
 
@@ -106,7 +120,7 @@ def agreement(name: str, run: Path, models: dict, threads: int) -> None:
     names = list(ref.class_names)
     y = np.array([[n in (t or []) for n in names] for t in inputs.labels], dtype=float)
     probs = {}
-    for k in ("eager_torch", "onnx_fp32", "onnx_int8"):
+    for k in ("eager_torch", "onnx_fp32", "onnx_int8", "onnx_int8_static"):
         out = []
         for s in range(0, len(x), 64):
             chunk = torch.stack(x[s:s + 64])
@@ -121,6 +135,11 @@ def agreement(name: str, run: Path, models: dict, threads: int) -> None:
          onnx_int8=round(mAP["onnx_int8"], 3), int8_change_points=round(mAP["onnx_int8"] - mAP["onnx_fp32"], 3),
          int8_images_with_other_labels=sum(a != b for a, b in zip(labels["onnx_int8"], labels["onnx_fp32"])),
          int8_max_abs_prob_diff=float(np.abs(probs["onnx_int8"] - probs["onnx_fp32"]).max()), target="|change| <= 0.5")
+    emit(figure="test_mAP_int8_static", run=name, onnx_int8_static=round(mAP["onnx_int8_static"], 3),
+         change_points=round(mAP["onnx_int8_static"] - mAP["onnx_fp32"], 3),
+         images_with_other_labels=sum(a != b for a, b in zip(labels["onnx_int8_static"], labels["onnx_fp32"])),
+         max_abs_prob_diff=float(np.abs(probs["onnx_int8_static"] - probs["onnx_fp32"]).max()),
+         calibrated_on="64 of the run's training images", target="|change| <= 0.5")
 
 
 def cold_start(files: dict[str, Path], run: Path, image: str) -> None:
@@ -185,7 +204,7 @@ def main() -> None:
             cold_start(files, run, test)
     if not args.no_rn50:
         run = zeroshot_run(work / "rn50-run", "RN50")
-        files = exports(run, work / "rn50")
+        files = exports(run, work / "rn50", noise_images(work / "noise"))
         models = scorers(run, files, args.threads)
         batch = np.random.default_rng(0).standard_normal((args.images, 3, 224, 224)).astype(np.float32)
         emit(figure="images_per_s", model="RN50 (random init)", size=224, images=args.images, threads=args.threads,

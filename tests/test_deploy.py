@@ -182,6 +182,42 @@ def test_export_format_flags_and_int8(runs, exported, images, tmp_path, capsys):
     assert 0 < np.abs(z8 - z32).max() < 0.05 * (z32.max() - z32.min())
 
 
+def test_int8_static_quantizes_the_convolutions_with_calibrated_ranges(runs, exported, images, tmp_path, capsys):
+    """int8-static: the ResNet's Conv layers become int8 QDQ (dynamic int8 leaves them float32), calibrated by
+    default on the run's training images or on --calibration-images; the head stays float32."""
+    from lmpt.engine.use.export import calibration_batches
+
+    q = tmp_path / "static.onnx"
+    assert main(["export", str(runs["probe-rn"]), "--out", str(q), "--quantize", "int8-static"]) == 0
+    nodes = onnx.load(str(q)).graph.node
+    quantized_convs = {n.input[0] for n in nodes if n.op_type == "Conv" and any(
+        m.op_type == "DequantizeLinear" and m.output[0] == n.input[0] for m in nodes)}
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert convs and len(quantized_convs) == len(convs)  # every convolution reads int8-dequantized input
+    dyn = tmp_path / "dynamic.onnx"
+    export_run(runs["probe-rn"], dyn, quantize="int8")
+    assert not any(n.op_type == "DequantizeLinear" for n in onnx.load(str(dyn)).graph.node
+                   if n.output[0] in {c.input[0] for c in convs})
+    clf = load_classifier(q)
+    assert clf.meta["quantization"].startswith("int8 static") and "training images" in clf.meta["quantization"]
+    x = np.stack([clf.transform(Image.open(p).convert("RGB")) for p in images])
+    z8, _ = clf.logits_and_probabilities(x)
+    z32, _ = load_classifier(exported["probe-rn"]).logits_and_probabilities(x)
+    assert 0 < np.abs(z8 - z32).max() < 0.1 * (z32.max() - z32.min())
+    # calibration images: evenly spaced, preprocessed the run's way, and named in the metadata
+    loaded = load_run(runs["probe-rn"])
+    batches, where = calibration_batches(loaded, images, n=4, batch_size=3)
+    assert [b.shape[0] for b in batches] == [3, 1] and where.startswith("4 of ")
+    scorer = RunScorer(loaded)
+    first = scorer.transform(Image.open(images[0]).convert("RGB")).numpy()
+    assert np.allclose(batches[0][0], first)
+    q2 = tmp_path / "static2.onnx"
+    assert main(["export", str(runs["probe-rn"]), "--out", str(q2), "--quantize", "int8-static",
+                 "--calibration-images", images[0], "--calibration-images", images[1]]) == 0
+    assert "2 of " in load_classifier(q2).meta["quantization"]
+    assert main(["export", str(runs["probe-rn"]), "--out", str(q2), "--calibration-images", images[0]]) == 2
+    assert "--calibration-images is for --quantize int8-static only" in capsys.readouterr().err
+
 def test_the_onnxruntime_example_of_the_docs_runs_without_torch(exported, images):
     import ast
     import re

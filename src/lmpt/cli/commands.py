@@ -153,7 +153,8 @@ def predict_cmd(args: argparse.Namespace) -> int:
 def export_cmd(args: argparse.Namespace) -> int:
     from ..engine.use.export import export_run
 
-    out = export_run(args.run_dir, args.out, weights=args.weights, fmt=args.format, quantize=args.quantize)
+    out = export_run(args.run_dir, args.out, weights=args.weights, fmt=args.format, quantize=args.quantize,
+                     calibration_images=args.calibration_images)
     size = out.stat().st_size / 2 ** 20
     print(f"written: {out} ({size:.1f} MiB; load it with `lmpt predict --model {out} IMAGES` or lmpt.load_classifier)")
     return 0

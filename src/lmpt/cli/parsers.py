@@ -89,9 +89,13 @@ def export_parser() -> Parser:
     sp.add_argument("--out", required=True, help="output file: model.onnx (ONNX) or model.pt (TorchScript)")
     sp.add_argument("--format", choices=["onnx", "torchscript"], default=None,
                     help="file format (default: from the --out suffix, .pt -> torchscript, else onnx)")
-    sp.add_argument("--quantize", choices=["int8"], default=None,
-                    help="ONNX only: int8 weights for MatMul/Gemm (onnxruntime dynamic quantization), written "
-                    "instead of the float32 model")
+    sp.add_argument("--quantize", choices=["int8", "int8-static"], default=None,
+                    help="ONNX only, written instead of the float32 model: int8 = int8 MatMul/Gemm weights "
+                    "(dynamic quantization); int8-static = int8 Conv/MatMul/Gemm with activation ranges calibrated "
+                    "on images (fastest for ResNets)")
+    sp.add_argument("--calibration-images", action="append", default=None, metavar="PATH",
+                    help="int8-static: images, folders, globs or a manifest to calibrate on (repeatable; default: "
+                    "64 of the run's training images)")
     sp.add_argument("--weights", default=None, help="CLIP weights file, if it moved since training")
     sp.add_argument("-v", "--verbose", action="store_true")
     return sp

@@ -8,7 +8,9 @@ archive.
 
 ONNX: torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) at opset 17, a dynamic batch
 axis, checked with ``onnx.checker``; ``quantize="int8"`` then applies onnxruntime's dynamic quantization to the
-MatMul/Gemm weights (int8 weights, activations quantized per batch at run time).
+MatMul/Gemm weights (int8 weights, activations quantized per batch at run time); ``quantize="int8-static"`` its
+static QDQ quantization of the Conv/MatMul/Gemm layers (int8 weights per channel, uint8 activations with ranges
+calibrated on images the run's way): a ResNet's convolutions too, which dynamic quantization leaves float32.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ... import __version__
@@ -63,7 +66,8 @@ def export_meta(classifier: Classifier, meta: dict[str, Any], source: str) -> di
 
 
 FORMATS = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".torchscript")}
-QUANTIZE = ("int8",)
+QUANTIZE = ("int8", "int8-static")
+CALIBRATION_IMAGES = 64  # images that set the activation ranges of int8-static
 OPSET = 17
 
 
@@ -75,7 +79,8 @@ def _check_out(out: Path, fmt: str, quantize: Optional[str]) -> None:
     if out.suffix.lower() not in FORMATS[fmt]:
         raise UserError(f"--out {out}: a {fmt} file is named *{FORMATS[fmt][0]} (or give --format to match the name)")
     if quantize is not None and (quantize not in QUANTIZE or fmt != "onnx"):
-        raise UserError(f"--quantize {quantize}: only --quantize int8 with --format onnx is available")
+        raise UserError(f"--quantize {quantize}: only --quantize {' or '.join(QUANTIZE)} with --format onnx is "
+                        "available")
 
 
 def format_for(out: Union[str, Path]) -> str:
@@ -83,8 +88,10 @@ def format_for(out: Union[str, Path]) -> str:
     return "torchscript" if Path(out).suffix.lower() in FORMATS["torchscript"] else "onnx"
 
 
-def onnx_bytes(module: torch.nn.Module, size: int, meta: dict[str, Any], quantize: Optional[str] = None) -> bytes:
-    """The exported ONNX model (checked), with ``meta`` in its metadata properties; int8 if asked."""
+def onnx_bytes(module: torch.nn.Module, size: int, meta: dict[str, Any], quantize: Optional[str] = None,
+               calibration: Optional[list[np.ndarray]] = None) -> bytes:
+    """The exported ONNX model (checked), with ``meta`` in its metadata properties; int8 if asked (``calibration``:
+    batches of preprocessed images for int8-static)."""
     import onnx
 
     buf = io.BytesIO()
@@ -102,6 +109,8 @@ def onnx_bytes(module: torch.nn.Module, size: int, meta: dict[str, Any], quantiz
     model = onnx.load_from_string(buf.getvalue())
     if quantize == "int8":
         model = quantize_int8(model)
+    elif quantize == "int8-static":
+        model = quantize_int8_static(model, calibration or [])
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()
@@ -134,10 +143,73 @@ def quantize_int8(model):
         return onnx.load(str(dst))
 
 
+def quantize_int8_static(model, batches: list[np.ndarray]):
+    """onnxruntime's static QDQ quantization of the image tower's Conv/MatMul/Gemm layers: int8 weights per output
+    channel, uint8 activations whose ranges come from ``batches`` (preprocessed images). The class head stays
+    float32, as in :func:`quantize_int8`."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, dst = (Path(tmp) / f"{n}.onnx" for n in ("fp32", "pre", "int8"))
+        onnx.save(model, str(src))
+        head = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")][-1:]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.disable(logging.WARNING)
+            try:
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+                quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=head)
+            finally:
+                logging.disable(logging.NOTSET)
+        return onnx.load(str(dst))
+
+
+def calibration_batches(loaded, images: Optional[Sequence[str]] = None, n: int = CALIBRATION_IMAGES,
+                        batch_size: int = 16) -> tuple[list[np.ndarray], str]:
+    """``n`` images, evenly spaced over ``images`` (files, folders, globs, manifests) or else the run's training
+    split, preprocessed the run's way, in batches; and a line saying where they came from."""
+    from ...data.imagefile import load_image
+    from ...data.images import transform_from_signature
+    from ...predictor import collect_inputs
+    from ..prepared import dataset_from_config
+
+    if images:
+        names = [str(i) for i in images]
+        paths = collect_inputs(names).paths
+        where = ", ".join(names) if len(names) <= 3 else f"{names[0]} and {len(names) - 1} more paths"
+    else:
+        try:
+            paths, where = dataset_from_config(loaded.cfg).train.paths, "the run's training images"
+        except UserError as exc:
+            raise UserError(f"--quantize int8-static calibrates on the run's training images, which could not be "
+                            f"read ({exc}); give --calibration-images with a folder of typical images") from None
+    picked = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(n, len(paths))).round())]
+    transform = transform_from_signature(preprocess_signature(loaded.meta, loaded.model.backbone))
+    x = torch.stack([transform(load_image(p)) for p in picked]).numpy()
+    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)], f"{len(picked)} of {where}"
+
+
 def export_run(run: Union[str, Path], out: Union[str, Path], weights: Optional[str] = None,
-               fmt: Optional[str] = None, quantize: Optional[str] = None) -> Path:
+               fmt: Optional[str] = None, quantize: Optional[str] = None,
+               calibration_images: Optional[Sequence[str]] = None) -> Path:
     """Write the classifier of ``run`` (a run folder or its classifier file) to ``out`` as ONNX (``.onnx``, the
-    default) or TorchScript (``.pt``); ``quantize="int8"``: the ONNX model with int8 MatMul/Gemm weights."""
+    default) or TorchScript (``.pt``); ``quantize="int8"``: the ONNX model with int8 MatMul/Gemm weights;
+    ``"int8-static"``: int8 Conv/MatMul/Gemm, activations calibrated on ``calibration_images`` (default: the
+    run's training images)."""
     out = Path(out)
     fmt = fmt or format_for(out)
     _check_out(out, fmt, quantize)
@@ -150,10 +222,17 @@ def export_run(run: Union[str, Path], out: Union[str, Path], weights: Optional[s
     module.visual.float()
     size = int(classifier.backbone.image_size)
     meta = validate_meta(export_meta(classifier, loaded.meta, str(run)), out)
-    if quantize:
-        meta["quantization"] = f"{quantize} dynamic (onnxruntime, MatMul/Gemm weights)"
+    if calibration_images and quantize != "int8-static":
+        raise UserError("--calibration-images is for --quantize int8-static only")
+    batches = None
+    if quantize == "int8":
+        meta["quantization"] = "int8 dynamic (onnxruntime, MatMul/Gemm weights)"
+    elif quantize == "int8-static":
+        batches, where = calibration_batches(loaded, calibration_images)
+        meta["quantization"] = (f"int8 static QDQ (onnxruntime, Conv/MatMul/Gemm weights per channel, activations "
+                                f"calibrated on {where})")
     if fmt == "onnx":
-        atomic_write_bytes(out, onnx_bytes(module, size, meta, quantize))
+        atomic_write_bytes(out, onnx_bytes(module, size, meta, quantize, batches))
         return out
     example = torch.zeros(2, 3, size, size)
     with torch.no_grad(), warnings.catch_warnings():
