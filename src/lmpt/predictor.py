@@ -62,6 +62,9 @@ def collect_inputs(items: Sequence[Union[str, os.PathLike]]) -> Inputs:
     labels: list[Optional[list[str]]] = []
     any_labels = False
     for item in map(str, items):
+        if not item.strip():  # Path("") is the current folder: never what an empty value meant
+            raise UserError("an input is an empty string: give image files, folders, glob patterns or manifests "
+                            "(use . for the current folder)")
         p = Path(item).expanduser()
         if p.is_dir():
             found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)

@@ -112,10 +112,6 @@ def predict_cmd(args: argparse.Namespace) -> int:
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0)):
         if value is not None and value < low:
             raise UserError(f"{flag} {value}: must be at least {low}")
-    empty = [i for i in args.inputs if not str(i).strip()]
-    if empty:
-        raise UserError("an input is an empty string: give image files, folders, glob patterns or manifests "
-                        "(use . for the current folder)")
     inputs = collect_inputs(args.inputs)
     if args.model is not None and is_onnx(args.model):  # onnxruntime: torch is never imported on this path
         scorer = load_classifier(args.model, args.device or "cpu")
