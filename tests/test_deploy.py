@@ -217,6 +217,14 @@ def test_int8_static_quantizes_the_convolutions_with_calibrated_ranges(runs, exp
     assert "2 of " in load_classifier(q2).meta["quantization"]
     assert main(["export", str(runs["probe-rn"]), "--out", str(q2), "--calibration-images", images[0]]) == 2
     assert "--calibration-images is for --quantize int8-static only" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    for value, words in (("", "an input is an empty string"), (str(empty), f"no images to calibrate on in {empty}")):
+        bad = tmp_path / "bad.onnx"
+        assert main(["export", str(runs["probe-rn"]), "--out", str(bad), "--quantize", "int8-static",
+                     "--calibration-images", value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1 and not bad.exists()
 
 def test_the_onnxruntime_example_of_the_docs_runs_without_torch(exported, images):
     import ast

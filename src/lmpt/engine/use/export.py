@@ -19,7 +19,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ CALIBRATION_IMAGES = 64  # images that set the activation ranges of int8-static
 OPSET = 17
 
 
-def _check_out(out: Path, fmt: str, quantize: Optional[str]) -> None:
+def _check_out(out: Path, fmt: str, quantize: Optional[str], calibration_images: Optional[Sequence[str]]) -> None:
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if out.is_dir():
@@ -81,6 +81,8 @@ def _check_out(out: Path, fmt: str, quantize: Optional[str]) -> None:
     if quantize is not None and (quantize not in QUANTIZE or fmt != "onnx"):
         raise UserError(f"--quantize {quantize}: only --quantize {' or '.join(QUANTIZE)} with --format onnx is "
                         "available")
+    if calibration_images and quantize != "int8-static":
+        raise UserError("--calibration-images is for --quantize int8-static only")
 
 
 def format_for(out: Union[str, Path]) -> str:
@@ -120,13 +122,14 @@ def onnx_bytes(module: torch.nn.Module, size: int, meta: dict[str, Any], quantiz
     return model.SerializeToString()
 
 
-def quantize_int8(model):
-    """onnxruntime's dynamic int8 quantization of the MatMul/Gemm weights of the image tower; the class head (the
-    graph's last MatMul: tiny, and its rounding is amplified by the calibration's slopes) stays float32."""
+def _quantized(model, quantize: Callable[[str, str, list[str]], None]):
+    """``model`` run through an onnxruntime quantizer, called as ``quantize(src, dst, head)`` on files in a temporary
+    folder, its warnings and log advice silenced (bench/export.py measures the result). ``head`` names the class
+    head (the graph's last MatMul/Gemm: tiny, and its rounding is amplified by the calibration's slopes), which
+    stays float32."""
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -134,22 +137,27 @@ def quantize_int8(model):
         head = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")][-1:]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            logging.disable(logging.WARNING)  # its advice to pre-process first; bench/export.py measures the result
+            logging.disable(logging.WARNING)
             try:
-                quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=head)
+                quantize(str(src), str(dst), head)
             finally:
                 logging.disable(logging.NOTSET)
         return onnx.load(str(dst))
 
 
+def quantize_int8(model):
+    """onnxruntime's dynamic int8 quantization of the MatMul/Gemm weights of the image tower (activations quantized
+    per batch at run time); the class head stays float32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    return _quantized(model, lambda src, dst, head: quantize_dynamic(
+        src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=head))
+
+
 def quantize_int8_static(model, batches: list[np.ndarray]):
     """onnxruntime's static QDQ quantization of the image tower's Conv/MatMul/Gemm layers: int8 weights per output
     channel, uint8 activations whose ranges come from ``batches`` (preprocessed images). The class head stays
-    float32, as in :func:`quantize_int8`."""
-    import tempfile
-
-    import onnx
+    float32."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -161,21 +169,14 @@ def quantize_int8_static(model, batches: list[np.ndarray]):
             batch = next(self.batches, None)
             return None if batch is None else {"images": batch}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        src, pre, dst = (Path(tmp) / f"{n}.onnx" for n in ("fp32", "pre", "int8"))
-        onnx.save(model, str(src))
-        head = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")][-1:]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            logging.disable(logging.WARNING)
-            try:
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-                quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=head)
-            finally:
-                logging.disable(logging.NOTSET)
-        return onnx.load(str(dst))
+    def static(src: str, dst: str, head: list[str]) -> None:
+        pre = dst + ".pre.onnx"
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+        quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=head)
+
+    return _quantized(model, static)
 
 
 def calibration_batches(loaded, images: Optional[Sequence[str]] = None, n: int = CALIBRATION_IMAGES,
@@ -197,6 +198,9 @@ def calibration_batches(loaded, images: Optional[Sequence[str]] = None, n: int =
         except UserError as exc:
             raise UserError(f"--quantize int8-static calibrates on the run's training images, which could not be "
                             f"read ({exc}); give --calibration-images with a folder of typical images") from None
+    if not paths:
+        raise UserError(f"--quantize int8-static: no images to calibrate on in {where}; give --calibration-images "
+                        "with a folder of typical images")
     picked = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(n, len(paths))).round())]
     transform = transform_from_signature(preprocess_signature(loaded.meta, loaded.model.backbone))
     x = torch.stack([transform(load_image(p)) for p in picked]).numpy()
@@ -212,7 +216,7 @@ def export_run(run: Union[str, Path], out: Union[str, Path], weights: Optional[s
     run's training images)."""
     out = Path(out)
     fmt = fmt or format_for(out)
-    _check_out(out, fmt, quantize)
+    _check_out(out, fmt, quantize, calibration_images)
     loaded = load_run(run, weights=weights, device="cpu")
     classifier = loaded.model
     if not classifier.calibrated:
@@ -222,8 +226,6 @@ def export_run(run: Union[str, Path], out: Union[str, Path], weights: Optional[s
     module.visual.float()
     size = int(classifier.backbone.image_size)
     meta = validate_meta(export_meta(classifier, loaded.meta, str(run)), out)
-    if calibration_images and quantize != "int8-static":
-        raise UserError("--calibration-images is for --quantize int8-static only")
     batches = None
     if quantize == "int8":
         meta["quantization"] = "int8 dynamic (onnxruntime, MatMul/Gemm weights)"
