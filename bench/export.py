@@ -139,7 +139,7 @@ def agreement(name: str, run: Path, models: dict, threads: int) -> None:
          change_points=round(mAP["onnx_int8_static"] - mAP["onnx_fp32"], 3),
          images_with_other_labels=sum(a != b for a, b in zip(labels["onnx_int8_static"], labels["onnx_fp32"])),
          max_abs_prob_diff=float(np.abs(probs["onnx_int8_static"] - probs["onnx_fp32"]).max()),
-         calibrated_on="64 of the run's training images", target="|change| <= 0.5")
+         quantization=models["onnx_int8_static"].meta["quantization"], target="|change| <= 0.5")
 
 
 def cold_start(files: dict[str, Path], run: Path, image: str) -> None:

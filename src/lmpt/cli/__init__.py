@@ -52,6 +52,7 @@ INTERRUPTED = {
             "runs again.",
 }
 
+
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
