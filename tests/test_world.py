@@ -315,6 +315,24 @@ def test_incomplete_world_is_regenerated(tmp_path):
     assert _read_jsonl(root / "train.jsonl")[0]["image"].startswith("images/train/")
 
 
+
+def test_damaged_cached_clip_is_pretrained_again(tmp_path, caplog):
+    """A truncated or overwritten cached CLIP (or its metrics file) is rebuilt, bitwise as before, never used."""
+    kw = dict(cache_dir=tmp_path, num_classes=20, seed=3, progress=False, scale=SCALE, sizes=SMALL,
+              pretrain_steps=1, pretrain_recipe={"batch_size": 8, "warmup_steps": 1}, workers=1)
+    info = build_world(**kw)
+    good = info.clip_weights.read_bytes()
+    metrics = info.clip_weights.with_suffix(".json")
+    for damage in (lambda: info.clip_weights.write_bytes(good[:len(good) // 2]),
+                   lambda: info.clip_weights.write_bytes(b"not a safetensors file"),
+                   lambda: metrics.write_text("{half")):
+        damage()
+        again = build_world(**kw)
+        assert again.pretrained and not again.generated
+        assert again.clip_weights.read_bytes() == good and json.loads(metrics.read_text())["steps"] == 1
+    assert "unreadable or damaged" in caplog.text
+    assert not build_world(**kw).pretrained  # intact again: reused
+
 def test_demo_writes_summary(tmp_path):
     """``lmpt demo`` end to end on a tiny world: summary.json in the documented shape, report files."""
     from lmpt.engine.studies.demo import DEMO_METHODS, run_demo

@@ -79,6 +79,23 @@ def _clip_stem(recipe: dict, seed: int) -> str:
                                   "recipe": recipe, "seed": int(seed)}, length=10)
 
 
+def _readable_clip(weights: Path, metrics_path: Path) -> bool:
+    """Whether the cached CLIP and its metrics file are there and readable; a damaged one (a truncated or
+    overwritten file) is pretrained again, never used, as damaged feature caches are recomputed."""
+    if not (weights.is_file() and metrics_path.is_file()):
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            f.keys()
+        json.loads(metrics_path.read_text(encoding="utf-8"))
+    except Exception as exc:  # noqa: BLE001 - any damage means: build it again
+        logger.warning("world: the cached CLIP %s is unreadable or damaged (%s); pretraining it again", weights, exc)
+        return False
+    return True
+
+
 def build_world(cache_dir: Optional[Union[str, Path]] = None, num_classes: int = 20, seed: int = 0,
                 progress: bool = True, *, scale: float = 1.0, sizes: Optional[dict] = None,
                 pretrain_steps: Optional[int] = None, pretrain_recipe: Optional[dict] = None,
@@ -128,7 +145,7 @@ def build_world(cache_dir: Optional[Union[str, Path]] = None, num_classes: int =
     weights = root / f"{stem}.safetensors"
     metrics_path = root / f"{stem}.json"
     pretrained = False
-    if not (weights.is_file() and metrics_path.is_file()):
+    if not _readable_clip(weights, metrics_path):
         from .pretrain import pretrain_world_clip
 
         pretrain_world_clip(root, weights, seed=seed, recipe=recipe, progress=progress)
